@@ -1,0 +1,193 @@
+"""The BYOL algorithm: training state, initialisation and the pure update step.
+
+:func:`make_update_fn` returns ``update(state, batch, rng) -> (state, metrics)``, a pure function
+meant to run under ``jax.pmap`` with a named device axis: gradients, metrics and BatchNorm
+statistics are averaged over that axis, which spans every device of every host. Randomness comes
+from ``rng`` folded with the step, so the same seed gives the same run.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable
+from typing import NamedTuple
+
+import haiku as hk
+import jax
+import jax.numpy as jnp
+import optax
+
+from byol_jax import losses, models, optimizers, schedules
+from byol_jax.data import device_augment
+
+Batch = dict[str, jax.Array]
+Metrics = dict[str, jax.Array]
+
+
+class TrainState(NamedTuple):
+  """Everything a pretraining run carries from one step to the next."""
+
+  step: jax.Array  # int32 scalar: number of updates done
+  online_params: hk.Params
+  online_state: hk.State
+  target_params: hk.Params
+  target_state: hk.State
+  opt_state: optax.OptState
+
+
+@dataclasses.dataclass(frozen=True)
+class ByolHParams:
+  """The algorithm's hyperparameters, resolved to steps and absolute values."""
+
+  peak_lr: float
+  total_steps: int
+  warmup_steps: int
+  tau_base: float = 0.996
+  weight_decay: float = 1.5e-6
+  momentum: float = 0.9
+  trust_coefficient: float = 1e-3
+
+
+def make_optimizer(hp: ByolHParams) -> optax.GradientTransformation:
+  """LARS (paper order) with the warm-up + cosine learning rate."""
+  return optimizers.lars(
+    learning_rate=lambda count: schedules.warmup_cosine(
+      count, hp.peak_lr, hp.warmup_steps, hp.total_steps
+    ),
+    weight_decay=hp.weight_decay,
+    momentum=hp.momentum,
+    trust_coefficient=hp.trust_coefficient,
+  )
+
+
+def init_state(
+  network: hk.TransformedWithState,
+  optimizer: optax.GradientTransformation,
+  rng: jax.Array,
+  dummy_images: jax.Array,
+) -> TrainState:
+  """Initial state; the target starts as a copy of the online encoder and projector."""
+  online_params, online_state = network.init(rng, dummy_images, is_training=True)
+  _, target_params = models.split_predictor(online_params)
+  _, target_state = models.split_predictor(online_state)
+  return TrainState(
+    step=jnp.zeros((), jnp.int32),
+    online_params=online_params,
+    online_state=online_state,
+    target_params=jax.tree.map(jnp.copy, target_params),
+    target_state=jax.tree.map(jnp.copy, target_state),
+    opt_state=optimizer.init(online_params),
+  )
+
+
+def _global_std(x: jax.Array, axis_name: str | None) -> jax.Array:
+  """Mean over dimensions of the per-dimension std of ``x`` over the whole (global) batch."""
+  mean = jnp.mean(x, axis=0)
+  mean_sq = jnp.mean(jnp.square(x), axis=0)
+  if axis_name is not None:
+    mean, mean_sq = jax.lax.pmean((mean, mean_sq), axis_name)
+  return jnp.mean(jnp.sqrt(jnp.maximum(mean_sq - jnp.square(mean), 0.0)))
+
+
+def _per_image_colour_ops(
+  images: jax.Array, keys: jax.Array, params: device_augment.AugmentParams
+) -> jax.Array:
+  return jax.vmap(lambda img, k: device_augment.colour_augment(img[None], k, params)[0])(
+    images, keys
+  )
+
+
+def make_update_fn(
+  network: hk.TransformedWithState,
+  optimizer: optax.GradientTransformation,
+  hp: ByolHParams,
+  *,
+  axis_name: str | None = "batch",
+  device_colour_ops: tuple[device_augment.AugmentParams, device_augment.AugmentParams]
+  | None = None,
+) -> Callable[[TrainState, Batch, jax.Array], tuple[TrainState, Metrics]]:
+  """Builds the BYOL update step.
+
+  Args:
+    network: from :func:`byol_jax.models.make_byol_network`, built with the same ``axis_name``.
+    optimizer: from :func:`make_optimizer`.
+    hp: hyperparameters (for the τ and learning-rate schedules reported in the metrics).
+    axis_name: the ``pmap`` axis spanning all devices; None to run without ``pmap``.
+    device_colour_ops: (T, T') parameters to apply colour jitter, grayscale, blur and
+      solarisation inside the step; None when the input pipeline already did.
+
+  Returns:
+    ``update(state, batch, rng) -> (state, metrics)``. ``batch`` holds ``view1`` and ``view2``
+    images in [0, 1] (float or uint8) of this device's share of the global batch.
+  """
+
+  def prepare_views(batch: Batch, key: jax.Array) -> tuple[jax.Array, jax.Array]:
+    v1 = device_augment.to_float(batch["view1"])
+    v2 = device_augment.to_float(batch["view2"])
+    if device_colour_ops is not None:
+      # One key per example from its position in the global batch, so the views do not depend
+      # on how the batch is spread over devices.
+      n = v1.shape[0]
+      offset = 0 if axis_name is None else jax.lax.axis_index(axis_name) * n
+      keys = jax.vmap(lambda i: jax.random.split(jax.random.fold_in(key, i)))(
+        offset + jnp.arange(n)
+      )
+      v1 = _per_image_colour_ops(v1, keys[:, 0], device_colour_ops[0])
+      v2 = _per_image_colour_ops(v2, keys[:, 1], device_colour_ops[1])
+    return device_augment.normalize(v1), device_augment.normalize(v2)
+
+  def forward(params, net_state, views, with_predictor):
+    # Each view is its own forward pass, so BatchNorm statistics are per view, as in the original.
+    outs = []
+    for v in views:
+      out, net_state = network.apply(
+        params, net_state, v, is_training=True, with_predictor=with_predictor
+      )
+      outs.append(out)
+    return outs, net_state
+
+  def loss_fn(online_params, online_state, views, target_projections):
+    (out_1, out_2), online_state = forward(online_params, online_state, views, True)
+    loss = losses.byol_loss(
+      out_1["prediction"], out_2["prediction"], target_projections[0], target_projections[1]
+    )
+    return loss, (online_state, out_1["projection"])
+
+  def update(state: TrainState, batch: Batch, rng: jax.Array) -> tuple[TrainState, Metrics]:
+    views = prepare_views(batch, jax.random.fold_in(rng, state.step))
+    # The target is evaluated outside the differentiated function: no gradient can reach it and
+    # its activations are not kept for the backward pass.
+    target_outs, target_state = forward(state.target_params, state.target_state, views, False)
+    target_projections = [jax.lax.stop_gradient(o["projection"]) for o in target_outs]
+    (loss, (online_state, projection)), grads = jax.value_and_grad(loss_fn, has_aux=True)(
+      state.online_params, state.online_state, views, target_projections
+    )
+    if axis_name is not None:
+      loss, grads = jax.lax.pmean((loss, grads), axis_name)
+
+    updates, opt_state = optimizer.update(grads, state.opt_state, state.online_params)
+    online_params = optax.apply_updates(state.online_params, updates)
+    tau = schedules.target_ema_decay(state.step, hp.tau_base, hp.total_steps)
+    _, online_no_pred = models.split_predictor(online_params)
+    target_params = jax.tree.map(
+      lambda t, o: tau * t + (1.0 - tau) * o, state.target_params, online_no_pred
+    )
+    metrics = dict(
+      loss=loss,
+      lr=schedules.warmup_cosine(state.step, hp.peak_lr, hp.warmup_steps, hp.total_steps),
+      tau=tau,
+      grad_norm=optax.global_norm(grads),
+      # SimSiam's collapse signal: ~1/sqrt(dim) for well-spread outputs, 0 for a collapse.
+      projection_std=_global_std(losses.l2_normalize(projection), axis_name),
+    )
+    new_state = TrainState(
+      step=state.step + 1,
+      online_params=online_params,
+      online_state=online_state,
+      target_params=target_params,
+      target_state=target_state,
+      opt_state=opt_state,
+    )
+    return new_state, metrics
+
+  return update

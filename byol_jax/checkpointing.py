@@ -1,0 +1,134 @@
+"""Checkpoints of the full training state with Orbax, plus the config that produced them.
+
+Each checkpoint is a step folder under ``<workdir>/checkpoints`` holding two items: ``state`` (a
+tree of numpy arrays: online and target parameters and BatchNorm state, optimiser state, step and
+the run's base PRNG key) and ``config`` (the run's config as JSON, so a checkpoint can be loaded
+without the config file at hand). Orbax writes each step into a temporary folder and renames it
+when complete, so an interrupted save never damages an earlier checkpoint.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Mapping
+from typing import Any
+
+import jax
+import numpy as np
+import orbax.checkpoint as ocp
+
+from byol_jax.errors import UserError
+
+CHECKPOINT_SUBDIR = "checkpoints"
+
+
+def _flat_dict(tree: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+  out = {}
+  for key, value in tree.items():
+    if isinstance(value, Mapping):
+      out.update(_flat_dict(value, f"{prefix}{key}."))
+    else:
+      out[f"{prefix}{key}"] = value
+  return out
+
+
+def architecture_mismatch(saved: Mapping[str, Any], wanted: Mapping[str, Any]) -> list[str]:
+  """Lists the ``model.*`` fields that differ between two configs (as plain dicts)."""
+  a = _flat_dict(saved.get("model", {}), "model.")
+  b = _flat_dict(wanted.get("model", {}), "model.")
+  return [
+    f"{k}: checkpoint {a.get(k)!r} vs config {b.get(k)!r}"
+    for k in sorted(set(a) | set(b))
+    if a.get(k) != b.get(k)
+  ]
+
+
+def resolve_checkpoint_dir(path: str) -> tuple[str, int | None]:
+  """Maps a workdir, its checkpoints folder, or one step folder to (checkpoints dir, step).
+
+  The step is None when ``path`` names a folder of checkpoints (the latest one is meant).
+  """
+  path = os.path.abspath(os.path.expanduser(path))
+  if not os.path.isdir(path):
+    raise UserError(
+      f"Checkpoint path {path} does not exist: pass a training workdir or a checkpoint step folder."
+    )
+  if os.path.isdir(os.path.join(path, CHECKPOINT_SUBDIR)):
+    return os.path.join(path, CHECKPOINT_SUBDIR), None
+  base = os.path.basename(path)
+  if base.isdigit() and os.path.isdir(os.path.join(path, "state")):
+    return os.path.dirname(path), int(base)
+  if any(d.isdigit() for d in os.listdir(path)):
+    return path, None
+  raise UserError(
+    f"{path} holds no byol_jax checkpoint: pass a training workdir or a checkpoint step folder."
+  )
+
+
+class Checkpointer:
+  """Saves and restores training states in one folder, keeping the last ``keep``."""
+
+  def __init__(self, directory: str, keep: int = 3):
+    self.directory = os.path.abspath(directory)
+    self._manager = ocp.CheckpointManager(
+      self.directory,
+      options=ocp.CheckpointManagerOptions(max_to_keep=keep, create=True),
+      item_names=("state", "config"),
+    )
+
+  def latest_step(self) -> int | None:
+    return self._manager.latest_step()
+
+  def all_steps(self) -> list[int]:
+    return list(self._manager.all_steps())
+
+  def save(self, step: int, state: Any, config: Mapping[str, Any]) -> None:
+    """Writes ``state`` (a pytree of arrays on the host) and the config at ``step``."""
+    state = jax.tree.map(np.asarray, state)
+    self._manager.save(
+      step,
+      args=ocp.args.Composite(
+        state=ocp.args.StandardSave(state), config=ocp.args.JsonSave(dict(config))
+      ),
+      force=True,
+    )
+
+  def restore_config(self, step: int | None = None) -> dict[str, Any]:
+    """The config saved with the checkpoint at ``step`` (default: the latest)."""
+    step = self._require_step(step)
+    path = os.path.join(self.directory, str(step), "config", "metadata")
+    if os.path.exists(path):  # read directly: no arrays to restore
+      with open(path) as f:
+        return json.load(f)
+    return dict(
+      self._manager.restore(step, args=ocp.args.Composite(config=ocp.args.JsonRestore())).config
+    )
+
+  def restore(self, target: Any, step: int | None = None) -> Any:
+    """Restores the state at ``step`` (default: the latest) into the structure of ``target``."""
+    step = self._require_step(step)
+    abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, jax.tree.map(np.asarray, target))
+    try:
+      restored = self._manager.restore(
+        step, args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract))
+      )
+    except (ValueError, KeyError, TypeError) as e:
+      raise UserError(
+        f"Checkpoint {self.directory}/{step} does not fit this model ({str(e).splitlines()[0][:200]}): "
+        "use the config it was trained with, or a fresh --workdir."
+      ) from e
+    return restored.state
+
+  def wait(self) -> None:
+    """Blocks until pending saves are on disk."""
+    self._manager.wait_until_finished()
+
+  def close(self) -> None:
+    self._manager.close()
+
+  def _require_step(self, step: int | None) -> int:
+    step = self.latest_step() if step is None else step
+    if step is None:
+      raise UserError(f"No checkpoint in {self.directory}: train first, or pass the right workdir.")
+    return step

@@ -1,0 +1,49 @@
+"""LARS in the order of the original BYOL code, composed of optax transforms.
+
+The paper's rule per parameter tensor (biases and normalisation parameters excluded from both the
+weight decay and the trust ratio):
+
+    g <- g + wd * w                      (weight decay added to the gradient)
+    g <- g * eta * ||w|| / ||g||         (trust ratio; 1 where either norm is 0)
+    m <- momentum * m + g                (heavy-ball momentum on the adapted gradient)
+    w <- w - lr * m
+
+``optax.lars`` applies the learning rate *before* the momentum trace (``m <- momentum * m + lr *
+g``), which differs from this rule whenever the learning rate changes between steps (the whole
+warm-up and cosine decay). :func:`lars` keeps the paper's order.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import haiku as hk
+import jax
+import optax
+
+
+def lars_mask(params: hk.Params) -> hk.Params:
+  """True for parameters that get weight decay and trust-ratio scaling.
+
+  Biases (``b``) and normalisation parameters (any module whose name contains ``norm``) are
+  excluded, as in the paper.
+  """
+  return hk.data_structures.map(
+    lambda module, name, value: not (name == "b" or "norm" in module.rsplit("/", 1)[-1]), params
+  )
+
+
+def lars(
+  learning_rate: float | Callable[[jax.Array], jax.Array],
+  weight_decay: float = 0.0,
+  momentum: float = 0.9,
+  trust_coefficient: float = 1e-3,
+  mask: Callable[[hk.Params], hk.Params] = lars_mask,
+) -> optax.GradientTransformation:
+  """LARS with weight decay, in the original BYOL order (see the module docstring)."""
+  return optax.chain(
+    optax.add_decayed_weights(weight_decay, mask=mask),
+    optax.masked(optax.scale_by_trust_ratio(trust_coefficient=trust_coefficient), mask),
+    optax.trace(decay=momentum, nesterov=False),
+    optax.scale_by_learning_rate(learning_rate),
+  )

@@ -1,0 +1,277 @@
+"""The pretraining loop: data, networks and update step wired together from a config.
+
+This module is the experiment driver: it reads the config and hands explicit arguments to the
+library (models, the update step, the input pipeline, checkpointing). The loop resumes from the
+latest checkpoint in the workdir, logs metrics from process 0 only, and stops with a clear error,
+keeping the last good checkpoint, if the loss stops being finite.
+"""
+
+from __future__ import annotations
+
+import collections
+import dataclasses
+import math
+import os
+from collections.abc import Iterator
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+from absl import logging
+
+from byol_jax import byol, checkpointing, config_base, models, parallel, schedules, writers
+from byol_jax.data import augment, pipeline, sources
+from byol_jax.errors import UserError
+
+AXIS = "batch"
+
+
+@dataclasses.dataclass(frozen=True)
+class RunPlan:
+  """The config resolved against the dataset and the devices."""
+
+  total_steps: int
+  warmup_steps: int
+  steps_per_epoch: int
+  num_examples: int
+
+
+def encoder_spec(config: ml_collections.ConfigDict) -> models.EncoderSpec:
+  return models.EncoderSpec(
+    name=config.model.encoder,
+    width_multiplier=config.model.width_multiplier,
+    small_image_stem=config.model.small_image_stem,
+  )
+
+
+def head_spec(config: ml_collections.ConfigDict) -> models.HeadSpec:
+  return models.HeadSpec(
+    projector_hidden=config.model.projector_hidden,
+    projector_output=config.model.projector_output,
+    predictor_hidden=config.model.predictor_hidden,
+  )
+
+
+def build_network(config: ml_collections.ConfigDict, axis_name: str | None):
+  return models.make_byol_network(
+    encoder_spec(config),
+    head_spec(config),
+    bn_decay=config.model.bn_decay,
+    bn_eps=config.model.bn_eps,
+    axis_name=axis_name,
+  )
+
+
+def view_params(
+  config: ml_collections.ConfigDict,
+) -> tuple[augment.AugmentParams, augment.AugmentParams]:
+  return (
+    augment.AugmentParams.from_mapping(config.augment.view1),
+    augment.AugmentParams.from_mapping(config.augment.view2),
+  )
+
+
+def make_source(
+  config: ml_collections.ConfigDict, split: str, subset: str = "train"
+) -> sources.DataSource:
+  """The data source of ``split``; for image folders, ``subset`` picks the train or hold-out part."""
+  d = config.data
+  return sources.make_source(
+    d.source,
+    name=d.name,
+    data_dir=d.data_dir or None,
+    path=d.path,
+    split=split,
+    synthetic_examples=d.synthetic_examples,
+    synthetic_classes=d.synthetic_classes,
+    image_size=d.image_size,
+    seed=config.seed,
+    holdout=d.holdout,
+    holdout_seed=d.holdout_seed,
+    subset=subset,
+  )
+
+
+def plan_run(config: ml_collections.ConfigDict, num_examples: int) -> RunPlan:
+  """Steps of the run, from epochs or explicit step counts."""
+  steps_per_epoch = max(1, num_examples // config.batch_size)
+  if config.num_steps > 0:
+    total = int(config.num_steps)
+  else:
+    total = max(1, math.ceil(config.num_epochs * steps_per_epoch))
+  if config.optim.warmup_steps >= 0:
+    warmup = int(config.optim.warmup_steps)
+  else:
+    warmup = round(config.optim.warmup_epochs * steps_per_epoch)
+  return RunPlan(
+    total_steps=total,
+    warmup_steps=min(warmup, total),
+    steps_per_epoch=steps_per_epoch,
+    num_examples=num_examples,
+  )
+
+
+def hparams(config: ml_collections.ConfigDict, plan: RunPlan) -> byol.ByolHParams:
+  return byol.ByolHParams(
+    peak_lr=schedules.scaled_learning_rate(config.optim.base_lr, config.batch_size),
+    total_steps=plan.total_steps,
+    warmup_steps=plan.warmup_steps,
+    tau_base=config.optim.tau_base,
+    weight_decay=config.optim.weight_decay,
+    momentum=config.optim.momentum,
+    trust_coefficient=config.optim.trust_coefficient,
+  )
+
+
+def check_devices(batch_size: int) -> int:
+  """Returns the per-device batch; raises UserError when the batch does not split evenly."""
+  n = jax.device_count()
+  if batch_size % n:
+    raise UserError(
+      f"config.batch_size={batch_size} is not divisible by the {n} devices: "
+      f"use a multiple of {n}, e.g. --config.batch_size={max(n, batch_size // n * n)}."
+    )
+  return batch_size // n
+
+
+def prefetch_to_devices(batches: Iterator[dict[str, np.ndarray]], size: int = 2):
+  """Keeps ``size`` batches in flight to the local devices while the step runs."""
+  queue: collections.deque = collections.deque()
+  for batch in batches:
+    queue.append(parallel.shard({k: batch[k] for k in ("view1", "view2")}))
+    if len(queue) > size:
+      yield queue.popleft()
+  while queue:
+    yield queue.popleft()
+
+
+def initial_state(config: ml_collections.ConfigDict, optimizer) -> byol.TrainState:
+  """Initial training state on the host (BatchNorm without a device axis at init time)."""
+  network = build_network(config, axis_name=None)
+  size = config.data.image_size
+  dummy = jnp.zeros((2, size, size, 3), jnp.float32)
+  init = jax.jit(lambda key: byol.init_state(network, optimizer, key, dummy), backend="cpu")
+  return jax.device_get(init(jax.random.PRNGKey(config.seed)))
+
+
+def restore_or_init(
+  checkpointer: checkpointing.Checkpointer, config: ml_collections.ConfigDict, optimizer
+) -> byol.TrainState:
+  """The latest checkpoint's state, or a fresh one when the workdir holds none."""
+  state = initial_state(config, optimizer)
+  step = checkpointer.latest_step()
+  if step is None:
+    return state
+  saved = checkpointer.restore_config(step)
+  mismatch = checkpointing.architecture_mismatch(saved, config.to_dict())
+  if mismatch:
+    raise UserError(
+      f"The checkpoint in {checkpointer.directory} is of another architecture ({'; '.join(mismatch)}): "
+      "use the config it was trained with, or a fresh --workdir."
+    )
+  restored = checkpointer.restore(state._asdict(), step)
+  logging.info("Resumed from %s at step %d.", checkpointer.directory, step)
+  return byol.TrainState(**restored)
+
+
+def pretrain(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:
+  """Runs (or resumes) BYOL pretraining; returns the last logged metrics."""
+  config_base.validate_config(config)
+  check_devices(config.batch_size)
+  source = make_source(config, config.data.train_split)
+  plan = plan_run(config, source.num_examples)
+  hp = hparams(config, plan)
+  optimizer = byol.make_optimizer(hp)
+  view1, view2 = view_params(config)
+  update = byol.make_update_fn(
+    build_network(config, AXIS),
+    optimizer,
+    hp,
+    axis_name=AXIS,
+    device_colour_ops=None if config.data.host_colour_ops else (view1, view2),
+  )
+  p_update = jax.pmap(update, axis_name=AXIS, donate_argnums=(0,))
+
+  is_main = jax.process_index() == 0
+  os.makedirs(workdir, exist_ok=True)
+  checkpointer = checkpointing.Checkpointer(
+    os.path.join(workdir, checkpointing.CHECKPOINT_SUBDIR), keep=config.keep_checkpoints
+  )
+  state = restore_or_init(checkpointer, config, optimizer)
+  start_step = int(state.step)
+  if is_main:
+    with open(os.path.join(workdir, "config.json"), "w") as f:
+      f.write(config.to_json_best_effort(indent=2))
+    n_params = models.count_params(state.online_params)
+    print(
+      f"BYOL pretraining: {config.model.encoder} ({n_params / 1e6:.2f}M online parameters), "
+      f"{plan.num_examples} images, batch {config.batch_size} on {jax.device_count()} device(s), "
+      f"{plan.total_steps} steps ({plan.steps_per_epoch} per epoch), starting at step {start_step}.",
+      flush=True,
+    )
+
+  batches = pipeline.pretrain_batches(
+    source,
+    global_batch_size=config.batch_size,
+    image_size=config.data.image_size,
+    view1=view1,
+    view2=view2,
+    seed=config.seed,
+    start_step=start_step,
+    process_index=jax.process_index(),
+    process_count=jax.process_count(),
+    host_colour_ops=config.data.host_colour_ops,
+    shuffle_buffer=config.data.shuffle_buffer,
+  )
+  writer = writers.MetricWriter(workdir, enabled=is_main)
+  progress = writers.Progress(plan.total_steps, config.batch_size, enabled=is_main)
+  rng = parallel.replicate(jax.random.PRNGKey(config.seed))
+  state = parallel.replicate(state)
+  last: dict[str, float] = {}
+  step = start_step
+
+  def save(step: int, metrics) -> None:
+    # Never write a checkpoint of a diverged state: the last good one must survive.
+    check_finite(step, metrics)
+    checkpointer.save(step, parallel.unreplicate(state)._asdict(), config.to_dict())
+
+  try:
+    for batch in prefetch_to_devices(batches):
+      if step >= plan.total_steps:
+        break
+      state, metrics = p_update(state, batch, rng)
+      step += 1
+      if step == start_step + 1:
+        progress.start(step)  # throughput excludes the compiling first step
+      is_log = step % config.log_every_steps == 0 or step == plan.total_steps
+      is_ckpt = step % config.checkpoint_every_steps == 0 or step == plan.total_steps
+      if is_log or is_ckpt:
+        scalars = {k: float(v) for k, v in parallel.unreplicate(metrics).items()}
+        check_finite(step, scalars)
+        if is_log:
+          scalars["images_per_s"] = progress.update(step, scalars)
+          writer.write(step, scalars)
+          last = scalars
+        if is_ckpt:
+          save(step, scalars)
+  finally:
+    checkpointer.wait()
+    checkpointer.close()
+    writer.close()
+  if is_main:
+    print(
+      f"Done: {step} steps. Checkpoints in {checkpointer.directory}, metrics in "
+      f"{writer.jsonl_path}, TensorBoard logs in {writer.tensorboard_dir}.",
+      flush=True,
+    )
+  return last
+
+
+def check_finite(step: int, scalars: dict[str, float]) -> None:
+  bad = [k for k in ("loss", "grad_norm") if k in scalars and not math.isfinite(scalars[k])]
+  if bad:
+    raise UserError(
+      f"{bad[0]} became {scalars[bad[0]]} at step {step}; the last good checkpoint is kept: "
+      "lower --config.optim.base_lr or check the data."
+    )

@@ -1,0 +1,15 @@
+"""Test set-up: 8 fake CPU devices, so pmap and cross-replica code paths run as on a pod slice."""
+
+import os
+
+# Must happen before JAX initialises its backends.
+os.environ["XLA_FLAGS"] = (
+  os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=8"
+).strip()
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+os.environ.setdefault("CUDA_VISIBLE_DEVICES", "")
+
+import jax
+
+jax.config.update("jax_platforms", "cpu")
+jax.config.update("jax_default_prng_impl", "rbg")

@@ -1,0 +1,77 @@
+"""LARS in the paper's order, against a numpy re-derivation of the update rule."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from byol_jax import optimizers
+
+
+def _params(rng):
+  return {
+    "enc/~/conv_0": {"w": rng.normal(size=(3, 3, 2, 4))},
+    "enc/~/batchnorm_0": {"scale": rng.normal(size=(4,)), "offset": rng.normal(size=(4,))},
+    "projector/~/linear": {"w": rng.normal(size=(4, 5)), "b": rng.normal(size=(5,))},
+    "projector/~/batch_norm": {"scale": rng.normal(size=(5,)), "offset": rng.normal(size=(5,))},
+  }
+
+
+def _np_lars_steps(params, grads_seq, lrs, wd, momentum, eta):
+  """The original BYOL rule: wd -> trust ratio -> momentum -> -lr, biases and norms excluded."""
+  params = {m: dict(v) for m, v in params.items()}
+  mu = {m: {n: np.zeros_like(x) for n, x in v.items()} for m, v in params.items()}
+  for grads, lr in zip(grads_seq, lrs):
+    for m in params:
+      for n, w in params[m].items():
+        g = grads[m][n]
+        if not (n == "b" or "norm" in m.split("/")[-1]):
+          g = g + wd * w
+          wn, gn = np.linalg.norm(w), np.linalg.norm(g)
+          g = g * (eta * wn / gn if wn > 0 and gn > 0 else 1.0)
+        mu[m][n] = momentum * mu[m][n] + g
+        params[m][n] = w - lr * mu[m][n]
+  return params
+
+
+def test_mask_excludes_biases_and_norms():
+  mask = optimizers.lars_mask(_params(np.random.default_rng(0)))
+  assert mask["enc/~/conv_0"]["w"]
+  assert mask["projector/~/linear"]["w"]
+  assert not mask["projector/~/linear"]["b"]
+  assert not any(mask["enc/~/batchnorm_0"].values())
+  assert not any(mask["projector/~/batch_norm"].values())
+
+
+def test_lars_matches_numpy_over_steps_with_changing_lr():
+  rng = np.random.default_rng(0)
+  params = _params(rng)
+  grads_seq = [jax.tree.map(lambda x: rng.normal(size=x.shape), params) for _ in range(3)]
+  lrs = [0.5, 1.5, 0.25]
+  wd, momentum, eta = 1e-2, 0.9, 1e-3
+  opt = optimizers.lars(lambda count: jnp.asarray(lrs)[count], wd, momentum, eta)
+  p = jax.tree.map(lambda x: jnp.asarray(x, jnp.float32), params)
+  state = opt.init(p)
+  for grads in grads_seq:
+    updates, state = opt.update(jax.tree.map(jnp.float32, grads), state, p)
+    p = optax.apply_updates(p, updates)
+  expected = _np_lars_steps(params, grads_seq, lrs, wd, momentum, eta)
+  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6), p, expected)
+
+  # optax.lars multiplies by the learning rate before the momentum trace, so it drifts from the
+  # paper's rule as soon as the learning rate changes.
+  ref = optax.lars(
+    lambda count: jnp.asarray(lrs)[count],
+    wd,
+    weight_decay_mask=optimizers.lars_mask,
+    trust_coefficient=eta,
+    trust_ratio_mask=optimizers.lars_mask,
+    momentum=momentum,
+  )
+  q = jax.tree.map(lambda x: jnp.asarray(x, jnp.float32), params)
+  rstate = ref.init(q)
+  for grads in grads_seq:
+    updates, rstate = ref.update(jax.tree.map(jnp.float32, grads), rstate, q)
+    q = optax.apply_updates(q, updates)
+  diff = max(jax.tree.leaves(jax.tree.map(lambda a, b: float(np.max(np.abs(a - b))), q, expected)))
+  assert diff > 1e-4
