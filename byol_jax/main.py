@@ -18,41 +18,49 @@ _DEFAULT_CONFIG = os.path.join(
   os.path.dirname(os.path.dirname(__file__)), "configs", "synthetic.py"
 )
 
-_CONFIG = config_flags.DEFINE_config_file(
-  "config", _DEFAULT_CONFIG, "Path to a config file (its get_config() is used).", lock_config=True
-)
-_WORKDIR = flags.DEFINE_string(
-  "workdir", None, "Where checkpoints and logs go (default: ./runs/<config file name>)."
-)
-_COORDINATOR = flags.DEFINE_string(
-  "coordinator_address", None, "host:port of process 0 for multi-process runs (jax.distributed)."
-)
-_NUM_PROCESSES = flags.DEFINE_integer("num_processes", None, "Processes in a multi-process run.")
-_PROCESS_ID = flags.DEFINE_integer(
-  "process_id", None, "This process's index in a multi-process run."
-)
+
+def _define_flags() -> None:
+  # ml_collections applies the --config.* overrides while it defines the flag, so a bad override
+  # surfaces here: defining the flags inside entry_point() lets it become a one-line error.
+  config_flags.DEFINE_config_file(
+    "config", _DEFAULT_CONFIG, "Path to a config file (its get_config() is used).", lock_config=True
+  )
+  flags.DEFINE_string(
+    "workdir", None, "Where checkpoints and logs go (default: ./runs/<config file name>)."
+  )
+  flags.DEFINE_string(
+    "coordinator_address", None, "host:port of process 0 for multi-process runs (jax.distributed)."
+  )
+  flags.DEFINE_integer("num_processes", None, "Processes in a multi-process run.")
+  flags.DEFINE_integer("process_id", None, "This process's index in a multi-process run.")
 
 
-def _workdir() -> str:
-  if _WORKDIR.value:
-    return _WORKDIR.value
-  name = os.path.splitext(os.path.basename(flags.FLAGS["config"].config_filename))[0]
-  return os.path.join("runs", name)
+def _load_config():
+  try:
+    config = flags.FLAGS.config
+    config.mode  # noqa: B018 (the config loads lazily; a file that does not load fails here)
+    return config
+  except OSError as e:  # a config file that does not exist or does not load
+    raise UserError(" ".join(str(e).split())[:300] + ": check the --config path.") from e
 
 
 def _run(argv) -> None:
   if len(argv) > 1:
     raise UserError(f"Unexpected arguments {argv[1:]}: options go as --flag=value.")
-  config = _CONFIG.value
+  config = _load_config()
+  FLAGS = flags.FLAGS
   import jax
 
   jax.config.update("jax_default_prng_impl", config.prng_impl)
-  if _COORDINATOR.value:
-    jax.distributed.initialize(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value)
+  if FLAGS.coordinator_address:
+    jax.distributed.initialize(FLAGS.coordinator_address, FLAGS.num_processes, FLAGS.process_id)
+  workdir = FLAGS.workdir or os.path.join(
+    "runs", os.path.splitext(os.path.basename(FLAGS["config"].config_filename))[0]
+  )
   if config.mode == "pretrain":
     from byol_jax import train
 
-    train.pretrain(config, _workdir())
+    train.pretrain(config, workdir)
   else:
     raise UserError(f"config.mode={config.mode!r} is not a known mode (pretrain).")
 
@@ -65,16 +73,32 @@ def main(argv) -> None:
     sys.exit(2)
 
 
+def _config_error(e: Exception) -> str:
+  if isinstance(e, (AttributeError, KeyError)):  # how ml_collections reports an unknown field
+    text = str(e).encode().decode("unicode_escape").strip("\"' ")
+    name, _, hint = text.partition("\n")
+    hint = f" ({hint.strip()})" if hint.strip() else ""
+    return (
+      f"unknown config field {name.strip(chr(39))!r} in the --config.* overrides{hint}: the "
+      "fields are listed in byol_jax/config_base.py and the config file."
+    )
+  return f"bad command line: {str(e).splitlines()[0]}"
+
+
 def _parse_flags(argv):
-  """absl's parser, with config/flag errors turned into one line instead of usage text."""
   try:
     return flags.FLAGS(argv)
-  except flags.Error as e:
-    print(f"error: {str(e).splitlines()[0]}", file=sys.stderr)
+  except (flags.Error, AttributeError, KeyError, ValueError, TypeError) as e:
+    print(f"error: {_config_error(e)}", file=sys.stderr)
     sys.exit(2)
 
 
 def entry_point() -> None:
+  try:
+    _define_flags()
+  except (flags.Error, AttributeError, KeyError, ValueError, TypeError) as e:
+    print(f"error: {_config_error(e)}", file=sys.stderr)
+    sys.exit(2)
   app.run(main, flags_parser=_parse_flags)
 
 

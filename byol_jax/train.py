@@ -20,7 +20,7 @@ import ml_collections
 import numpy as np
 from absl import logging
 
-from byol_jax import byol, checkpointing, config_base, models, parallel, schedules, writers
+from byol_jax import byol, checkpointing, config_base, models, monitor, parallel, schedules, writers
 from byol_jax.data import augment, pipeline, sources
 from byol_jax.errors import UserError
 
@@ -60,6 +60,7 @@ def build_network(config: ml_collections.ConfigDict, axis_name: str | None):
     bn_decay=config.model.bn_decay,
     bn_eps=config.model.bn_eps,
     axis_name=axis_name,
+    num_classes=config.eval.online_probe_classes,
   )
 
 
@@ -139,7 +140,7 @@ def prefetch_to_devices(batches: Iterator[dict[str, np.ndarray]], size: int = 2)
   """Keeps ``size`` batches in flight to the local devices while the step runs."""
   queue: collections.deque = collections.deque()
   for batch in batches:
-    queue.append(parallel.shard({k: batch[k] for k in ("view1", "view2")}))
+    queue.append(parallel.shard({k: batch[k] for k in ("view1", "view2", "label")}))
     if len(queue) > size:
       yield queue.popleft()
   while queue:
@@ -192,6 +193,8 @@ def pretrain(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float
     device_colour_ops=None if config.data.host_colour_ops else (view1, view2),
   )
   p_update = jax.pmap(update, axis_name=AXIS, donate_argnums=(0,))
+  # kNN accuracy on held-out data every config.eval.knn_every_steps steps (None when off).
+  knn_monitor = monitor.from_config(config, source)
 
   is_main = jax.process_index() == 0
   os.makedirs(workdir, exist_ok=True)
@@ -231,10 +234,15 @@ def pretrain(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float
   last: dict[str, float] = {}
   step = start_step
 
-  def save(step: int, metrics) -> None:
-    # Never write a checkpoint of a diverged state: the last good one must survive.
-    check_finite(step, metrics)
-    checkpointer.save(step, parallel.unreplicate(state)._asdict(), config.to_dict())
+  def save(step: int) -> None:
+    host_state = parallel.unreplicate(state)
+    # Never write a diverged state: the last good checkpoint must survive.
+    if not all(np.all(np.isfinite(x)) for x in jax.tree.leaves(host_state)):
+      raise UserError(
+        f"The parameters stopped being finite at step {step}; the last good checkpoint is kept: "
+        "lower --config.optim.base_lr or check the data."
+      )
+    checkpointer.save(step, host_state._asdict(), config.to_dict())
 
   try:
     for batch in prefetch_to_devices(batches):
@@ -254,7 +262,13 @@ def pretrain(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float
           writer.write(step, scalars)
           last = scalars
         if is_ckpt:
-          save(step, scalars)
+          save(step)
+      if knn_monitor is not None and knn_monitor.due(step, plan.total_steps):
+        knn = knn_monitor(state.online_params, state.online_state)
+        writer.write(step, knn)
+        if is_main:
+          print(" | ".join(f"{k} {v:.4f}" for k, v in knn.items()), flush=True)
+        progress.start(step)  # the throughput excludes the monitor's time
   finally:
     checkpointer.wait()
     checkpointer.close()
@@ -272,6 +286,6 @@ def check_finite(step: int, scalars: dict[str, float]) -> None:
   bad = [k for k in ("loss", "grad_norm") if k in scalars and not math.isfinite(scalars[k])]
   if bad:
     raise UserError(
-      f"{bad[0]} became {scalars[bad[0]]} at step {step}; the last good checkpoint is kept: "
+      f"The {bad[0]} became {scalars[bad[0]]} at step {step}; the last good checkpoint is kept: "
       "lower --config.optim.base_lr or check the data."
     )

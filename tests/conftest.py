@@ -13,3 +13,8 @@ import jax
 
 jax.config.update("jax_platforms", "cpu")
 jax.config.update("jax_default_prng_impl", "rbg")
+# Compiled programs are cached on disk, so each distinct step compiles once per test session.
+jax.config.update(
+  "jax_compilation_cache_dir", os.path.join(os.path.dirname(__file__), "..", ".jax_cache")
+)
+jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)

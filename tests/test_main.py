@@ -1,0 +1,72 @@
+"""The command line: the default run works, and bad input gives one clear line, not a traceback."""
+
+import os
+import subprocess
+import sys
+
+import pytest
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def run_main(*args, cwd=REPO):
+  env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=8", JAX_PLATFORMS="cpu")
+  return subprocess.run(
+    [sys.executable, "-m", "byol_jax.main", *args],
+    cwd=cwd,
+    env=env,
+    capture_output=True,
+    text=True,
+    timeout=600,
+    check=False,
+  )
+
+
+def assert_one_line_error(result, *fragments):
+  assert result.returncode != 0
+  assert "Traceback" not in result.stderr, result.stderr
+  lines = [line for line in result.stderr.splitlines() if line.startswith("error: ")]
+  assert len(lines) == 1, result.stderr
+  for fragment in fragments:
+    assert fragment in lines[0], lines[0]
+
+
+def test_default_config_runs_end_to_end(tmp_path):
+  result = run_main(f"--workdir={tmp_path}", "--config.num_steps=2", "--config.log_every_steps=1")
+  assert result.returncode == 0, result.stderr[-3000:]
+  assert "step 2/2" in result.stdout
+  assert f"Checkpoints in {tmp_path}" in result.stdout
+  assert os.path.isdir(os.path.join(tmp_path, "checkpoints", "2"))
+
+
+@pytest.mark.parametrize(
+  ("args", "fragments"),
+  [
+    (["--config.model.no_such_field=1"], ["no_such_field"]),
+    (["--config.model.encoder=resnet51"], ["resnet51", "resnet50"]),
+    (["--config.batch_size=12"], ["not divisible by the 8 devices"]),
+    (["--config.augment.view2.solarize_prob=1.5"], ["solarize_prob"]),
+  ],
+)
+def test_bad_config_gives_one_line(tmp_path, args, fragments):
+  assert_one_line_error(run_main(f"--workdir={tmp_path}", *args), *fragments)
+
+
+def test_missing_tfds_dataset_gives_one_line(tmp_path):
+  result = run_main(
+    f"--workdir={tmp_path / 'w'}",
+    "--config.data.source=tfds",
+    "--config.data.name=cifar10",
+    f"--config.data.data_dir={tmp_path / 'no_data'}",
+  )
+  assert_one_line_error(result, "cifar10")
+
+
+def test_empty_image_folder_gives_one_line(tmp_path):
+  (tmp_path / "images").mkdir()
+  result = run_main(
+    f"--workdir={tmp_path / 'w'}",
+    "--config.data.source=folder",
+    f"--config.data.path={tmp_path / 'images'}",
+  )
+  assert_one_line_error(result, str(tmp_path / "images"))

@@ -1,0 +1,149 @@
+"""End-to-end pretraining runs on tiny shapes: checkpoints, exact resume, divergence, configs."""
+
+import functools
+import importlib.util
+import json
+import os
+import shutil
+
+import jax
+import numpy as np
+import pytest
+import tensorflow_datasets as tfds
+
+from byol_jax import checkpointing, config_base, train
+from byol_jax.errors import UserError
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def tiny_config(**overrides):
+  c = config_base.get_base_config()
+  c.data.source = "synthetic"
+  c.data.synthetic_examples = 64
+  c.data.image_size = 16
+  c.data.eval_resize = 16
+  c.model.encoder = "tiny"
+  c.model.small_image_stem = True
+  c.model.projector_hidden = 32
+  c.model.projector_output = 16
+  c.model.predictor_hidden = 32
+  c.batch_size = 16
+  c.num_steps = 6
+  c.optim.base_lr = 2.0
+  c.optim.warmup_steps = 2
+  c.log_every_steps = 1
+  c.checkpoint_every_steps = 3
+  for key, value in overrides.items():
+    node = c
+    *path, last = key.split(".")
+    for p in path:
+      node = node[p]
+    node[last] = value
+  return c
+
+
+def load_config_module(name):
+  spec = importlib.util.spec_from_file_location(name, os.path.join(REPO, "configs", f"{name}.py"))
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module
+
+
+def read_metrics(workdir):
+  with open(os.path.join(workdir, "metrics.jsonl")) as f:
+    return [json.loads(line) for line in f]
+
+
+def final_state(workdir, config, step=None):
+  ckpt = checkpointing.Checkpointer(os.path.join(workdir, "checkpoints"))
+  optimizer = train.byol.make_optimizer(train.hparams(config, train.plan_run(config, 64)))
+  state = ckpt.restore(train.initial_state(config, optimizer)._asdict(), step)
+  ckpt.close()
+  return state
+
+
+@functools.cache
+def uninterrupted(tmp_root):
+  workdir = os.path.join(tmp_root, "full")
+  train.pretrain(tiny_config(), workdir)
+  return workdir
+
+
+@pytest.fixture(scope="module")
+def tmp_root(tmp_path_factory):
+  return str(tmp_path_factory.mktemp("train"))
+
+
+def test_pretraining_writes_checkpoints_metrics_and_tensorboard(tmp_root):
+  workdir = uninterrupted(tmp_root)
+  records = read_metrics(workdir)
+  assert [r["step"] for r in records] == [1, 2, 3, 4, 5, 6]
+  for r in records:
+    assert {"loss", "lr", "tau", "grad_norm", "projection_std", "images_per_s"} <= set(r)
+    assert np.isfinite(r["loss"])
+  assert sorted(os.listdir(os.path.join(workdir, "checkpoints")))[-2:] == ["3", "6"]
+  assert any(
+    f.startswith("events.out.tfevents") for f in os.listdir(os.path.join(workdir, "tensorboard"))
+  )
+  saved = checkpointing.Checkpointer(os.path.join(workdir, "checkpoints")).restore_config()
+  assert saved["model"]["encoder"] == "tiny"
+
+
+def test_resumed_run_continues_exactly(tmp_root):
+  full = uninterrupted(tmp_root)
+  # A run killed right after its step-3 checkpoint: the same workdir without what came later.
+  workdir = os.path.join(tmp_root, "resumed")
+  shutil.copytree(full, workdir)
+  shutil.rmtree(os.path.join(workdir, "checkpoints", "6"))
+  shutil.rmtree(os.path.join(workdir, "tensorboard"))
+  with open(os.path.join(workdir, "metrics.jsonl")) as f:
+    head = f.readlines()[:3]
+  with open(os.path.join(workdir, "metrics.jsonl"), "w") as f:
+    f.writelines(head)
+  train.pretrain(tiny_config(), workdir)
+  a, b = read_metrics(full), read_metrics(workdir)
+  assert [r["step"] for r in b] == [1, 2, 3, 4, 5, 6]
+  np.testing.assert_allclose([r["loss"] for r in a], [r["loss"] for r in b], rtol=1e-6)
+  config = tiny_config()
+  sa, sb = final_state(full, config), final_state(workdir, config)
+  jax.tree.map(lambda x, y: np.testing.assert_allclose(x, y, rtol=1e-6, atol=1e-7), sa, sb)
+
+
+def test_resuming_with_another_architecture_is_refused(tmp_root):
+  full = uninterrupted(tmp_root)
+  with pytest.raises(UserError, match="another architecture"):
+    train.pretrain(tiny_config(**{"model.projector_output": 8}), full)
+
+
+def test_divergence_stops_and_keeps_the_last_good_checkpoint(tmp_path):
+  workdir = str(tmp_path)
+  config = tiny_config(
+    **{"optim.base_lr": 1e38, "optim.warmup_steps": 0, "checkpoint_every_steps": 1}
+  )
+  with pytest.raises(UserError, match="last good checkpoint is kept"):
+    train.pretrain(config, workdir)
+  # Whatever was saved before the divergence is intact and finite.
+  for step in checkpointing.Checkpointer(os.path.join(workdir, "checkpoints")).all_steps():
+    state = final_state(workdir, config, step)
+    assert all(np.all(np.isfinite(x)) for x in jax.tree.leaves(state))
+
+
+def test_batch_size_must_split_over_devices(tmp_path):
+  with pytest.raises(UserError, match="not divisible by the 8 devices"):
+    train.pretrain(tiny_config(batch_size=12), str(tmp_path))
+
+
+def test_byol_r50_config_runs_on_mocked_imagenet(tmp_path):
+  byol_r50 = load_config_module("byol_r50")
+  config = byol_r50.get_config()
+  assert (config.optim.base_lr, config.optim.tau_base, config.batch_size) == (0.2, 0.996, 4096)
+  assert byol_r50.get_config("300").optim.base_lr == 0.3
+  config.data.image_size = 32
+  config.data.eval_resize = 36
+  config.batch_size = 8
+  config.num_steps = 1
+  config.log_every_steps = 1
+  with tfds.testing.mock_data(num_examples=16):
+    metrics = train.pretrain(config, str(tmp_path))
+  assert np.isfinite(metrics["loss"])
