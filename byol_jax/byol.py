@@ -89,6 +89,29 @@ def _global_std(x: jax.Array, axis_name: str | None) -> jax.Array:
   return jnp.mean(jnp.sqrt(jnp.maximum(mean_sq - jnp.square(mean), 0.0)))
 
 
+def _probe_metrics(
+  logits: jax.Array, labels: jax.Array, axis_name: str | None
+) -> dict[str, jax.Array]:
+  """Masked cross-entropy and top-1 of the online probe over the global batch (label -1: none)."""
+  valid = labels >= 0
+  safe = jnp.where(valid, labels, 0)
+  ce = -jnp.take_along_axis(jax.nn.log_softmax(logits), safe[:, None], axis=1)[:, 0]
+  correct = (jnp.argmax(logits, axis=1) == safe) & valid
+  sums = jnp.stack([jnp.sum(jnp.where(valid, ce, 0.0)), jnp.sum(correct), jnp.sum(valid)])
+  # Sum over devices first, so that the loss is a mean over the labelled examples of the global
+  # batch; the caller's pmean of gradients then divides by the device count, undone here.
+  n_dev = 1
+  if axis_name is not None:
+    sums = jax.lax.psum(sums, axis_name)
+    n_dev = jax.lax.psum(1, axis_name)
+  count = jnp.maximum(sums[2], 1.0)
+  local_ce = jnp.sum(jnp.where(valid, ce, 0.0)) / count * n_dev
+  return dict(
+    probe_loss=local_ce + jax.lax.stop_gradient(sums[0] / count - local_ce),
+    probe_train_top1=jax.lax.stop_gradient(sums[1] / count),
+  )
+
+
 def _per_image_colour_ops(
   images: jax.Array, keys: jax.Array, params: device_augment.AugmentParams
 ) -> jax.Array:
@@ -146,12 +169,19 @@ def make_update_fn(
       outs.append(out)
     return outs, net_state
 
-  def loss_fn(online_params, online_state, views, target_projections):
+  def loss_fn(online_params, online_state, views, target_projections, labels):
     (out_1, out_2), online_state = forward(online_params, online_state, views, True)
     loss = losses.byol_loss(
       out_1["prediction"], out_2["prediction"], target_projections[0], target_projections[1]
     )
-    return loss, (online_state, out_1["projection"])
+    probe = {}
+    total = loss
+    if "logits" in out_1:
+      # The online probe (as in the original code): cross-entropy on view 1's stop-gradient
+      # embedding, only for labelled examples; it trains the probe and nothing else.
+      probe = _probe_metrics(out_1["logits"], labels, axis_name)
+      total = loss + probe["probe_loss"]
+    return total, (online_state, out_1["projection"], loss, probe)
 
   def update(state: TrainState, batch: Batch, rng: jax.Array) -> tuple[TrainState, Metrics]:
     views = prepare_views(batch, jax.random.fold_in(rng, state.step))
@@ -159,8 +189,11 @@ def make_update_fn(
     # its activations are not kept for the backward pass.
     target_outs, target_state = forward(state.target_params, state.target_state, views, False)
     target_projections = [jax.lax.stop_gradient(o["projection"]) for o in target_outs]
-    (loss, (online_state, projection)), grads = jax.value_and_grad(loss_fn, has_aux=True)(
-      state.online_params, state.online_state, views, target_projections
+    labels = batch.get("label")
+    if labels is None:
+      labels = -jnp.ones(views[0].shape[:1], jnp.int32)
+    (_, (online_state, projection, loss, probe)), grads = jax.value_and_grad(loss_fn, has_aux=True)(
+      state.online_params, state.online_state, views, target_projections, labels
     )
     if axis_name is not None:
       loss, grads = jax.lax.pmean((loss, grads), axis_name)
@@ -179,6 +212,7 @@ def make_update_fn(
       grad_norm=optax.global_norm(grads),
       # SimSiam's collapse signal: ~1/sqrt(dim) for well-spread outputs, 0 for a collapse.
       projection_std=_global_std(losses.l2_normalize(projection), axis_name),
+      **probe,
     )
     new_state = TrainState(
       step=state.step + 1,

@@ -11,12 +11,13 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import jax
 import numpy as np
 import orbax.checkpoint as ocp
+from absl import logging
 
 from byol_jax.errors import UserError
 
@@ -66,6 +67,25 @@ def resolve_checkpoint_dir(path: str) -> tuple[str, int | None]:
   )
 
 
+class CorruptCheckpointError(Exception):
+  """A checkpoint whose files exist but cannot be read back."""
+
+
+def _path(keys: tuple) -> str:
+  """A leaf's path with tuple indices and named-tuple fields written as Orbax stores them."""
+  parts = []
+  for k in keys:
+    for attr in ("key", "idx", "name"):
+      if hasattr(k, attr):
+        parts.append(str(getattr(k, attr)))
+        break
+  return "/".join(parts)
+
+
+def _first_line(e: Exception) -> str:
+  return (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
+
+
 class Checkpointer:
   """Saves and restores training states in one folder, keeping the last ``keep``."""
 
@@ -74,7 +94,7 @@ class Checkpointer:
     self._manager = ocp.CheckpointManager(
       self.directory,
       options=ocp.CheckpointManagerOptions(max_to_keep=keep, create=True),
-      item_names=("state", "config"),
+      item_handlers=dict(state=ocp.StandardCheckpointHandler(), config=ocp.JsonCheckpointHandler()),
     )
 
   def latest_step(self) -> int | None:
@@ -98,27 +118,59 @@ class Checkpointer:
     """The config saved with the checkpoint at ``step`` (default: the latest)."""
     step = self._require_step(step)
     path = os.path.join(self.directory, str(step), "config", "metadata")
-    if os.path.exists(path):  # read directly: no arrays to restore
-      with open(path) as f:
+    try:
+      with open(path) as f:  # read directly: no arrays to restore
         return json.load(f)
-    return dict(
-      self._manager.restore(step, args=ocp.args.Composite(config=ocp.args.JsonRestore())).config
-    )
+    except (OSError, ValueError) as e:
+      raise CorruptCheckpointError(f"{self.directory}/{step}: unreadable config ({e})") from e
 
   def restore(self, target: Any, step: int | None = None) -> Any:
-    """Restores the state at ``step`` (default: the latest) into the structure of ``target``."""
+    """Restores the state at ``step`` (default: the latest) into the structure of ``target``.
+
+    Raises UserError when the checkpoint holds other shapes than ``target`` (another
+    architecture), and CorruptCheckpointError when its files cannot be read.
+    """
     step = self._require_step(step)
-    abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, jax.tree.map(np.asarray, target))
+    target = jax.tree.map(np.asarray, target)
+    try:
+      metadata = self._manager.item_metadata(step)["state"]
+      saved = {_path(p): tuple(m.shape) for p, m in jax.tree_util.tree_leaves_with_path(metadata)}
+    except Exception as e:
+      raise CorruptCheckpointError(f"{self.directory}/{step}: {_first_line(e)}") from e
+    wanted = {_path(p): x.shape for p, x in jax.tree_util.tree_leaves_with_path(target)}
+    if saved != wanted:
+      diff = sorted(set(saved.items()) ^ set(wanted.items()))[:2]
+      raise UserError(
+        f"Checkpoint {self.directory}/{step} does not fit this model (first differences: {diff}): "
+        "use the config it was trained with, or a fresh --workdir."
+      )
+    abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, target)
     try:
       restored = self._manager.restore(
         step, args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract))
       )
-    except (ValueError, KeyError, TypeError) as e:
-      raise UserError(
-        f"Checkpoint {self.directory}/{step} does not fit this model ({str(e).splitlines()[0][:200]}): "
-        "use the config it was trained with, or a fresh --workdir."
-      ) from e
+    except Exception as e:
+      raise CorruptCheckpointError(f"{self.directory}/{step}: {_first_line(e)}") from e
     return restored.state
+
+  def restore_latest_intact(
+    self, target: Any, check_config: Callable[[dict[str, Any]], None] | None = None
+  ) -> tuple[int, Any] | None:
+    """The newest checkpoint that reads back completely, as (step, state); None if none.
+
+    A damaged newer checkpoint (a crash or a full disk during its write, a truncated copy) is
+    skipped with a warning rather than ending the run. ``check_config`` sees each candidate's
+    saved config first and may refuse it by raising UserError.
+    """
+    for step in sorted(self.all_steps(), reverse=True):
+      try:
+        if check_config is not None:
+          check_config(self.restore_config(step))
+        return step, self.restore(target, step)
+      except CorruptCheckpointError as e:
+        logging.warning("Skipping damaged checkpoint %s", e)
+        print(f"warning: checkpoint {step} is damaged ({e}); falling back to an earlier one.")
+    return None
 
   def wait(self) -> None:
     """Blocks until pending saves are on disk."""

@@ -36,7 +36,11 @@ PAPER_VIEW1 = dict(
 PAPER_VIEW2 = dict(PAPER_VIEW1, blur_prob=0.1, solarize_prob=0.2)
 
 ARCHITECTURES = ("tiny", "resnet18", "resnet34", "resnet50", "resnet101", "resnet152", "resnet200")
-MODES = ("pretrain",)
+MODES = ("pretrain", "linear_eval", "finetune", "embed", "export_torch", "import_original")
+# Modes that read a trained encoder from config.checkpoint.
+CHECKPOINT_MODES = ("linear_eval", "finetune", "embed", "export_torch")
+# config.model.encoder value of evaluation configs: take the architecture from the checkpoint.
+FROM_CHECKPOINT = "checkpoint"
 SOURCES = ("synthetic", "tfds", "folder")
 
 
@@ -96,6 +100,35 @@ def get_base_config() -> ml_collections.ConfigDict:
   c.log_every_steps = 100
   c.checkpoint_every_steps = 1000
   c.keep_checkpoints = 3
+
+  # Evaluation modes read the encoder from here: a training workdir or one checkpoint step folder
+  # (import_original: the original code's .pkl file).
+  c.checkpoint = ""
+  c.eval = ml_collections.ConfigDict()
+  # Linear evaluation and fine-tuning (the paper: SGD + Nesterov 0.9, batch 1024, 80 epochs,
+  # cosine decay, lr = base_lr * batch / 256, no weight decay, lr chosen on a validation split).
+  c.eval.batch_size = 1024
+  c.eval.num_epochs = 80.0
+  c.eval.num_steps = -1  # > 0 overrides eval.num_epochs
+  c.eval.base_lrs = (0.4,)  # several: each is trained, the best on eval.val_examples is tested
+  c.eval.val_examples = 10_000  # held out of the training data to pick the lr (sweeps only)
+  c.eval.train_augment = "crop_flip"  # augmentation preset of training views; "none": centre crops
+  c.eval.weight_decay = 0.0
+  c.eval.label_fraction = 1.0  # finetune: fraction of the labelled training data used
+  c.eval.label_seed = 0  # finetune: seed of the stratified label subset
+  c.eval.log_every_steps = 100
+  c.eval.output = ""  # embed: .npz file; export_torch: .pt file (default: in the workdir)
+  # Monitoring during pretraining: weighted kNN on the frozen online encoder every N steps
+  # (0 = off), between a labelled training subset and held-out data.
+  c.eval.knn_every_steps = 0
+  c.eval.knn_k = 200
+  c.eval.knn_temperature = 0.1
+  c.eval.knn_train_examples = 10_000
+  c.eval.knn_eval_examples = 10_000
+  # Online linear probe: a linear classifier trained on the stop-gradient online representation
+  # during pretraining (as in the original code), which leaves the representation unchanged. Its
+  # number of classes (that of the labelled training data), 0 = off.
+  c.eval.online_probe_classes = 0
   return c
 
 
@@ -115,10 +148,38 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
     check(bool(config.data.name), "config.data.source='tfds' needs --config.data.name=<TFDS name>.")
   if config.data.source == "folder":
     check(bool(config.data.path), "config.data.source='folder' needs --config.data.path=<folder>.")
+  allowed = ARCHITECTURES + ((FROM_CHECKPOINT,) if config.mode in CHECKPOINT_MODES else ())
   check(
-    config.model.encoder in ARCHITECTURES,
-    f"config.model.encoder={config.model.encoder!r} is not one of {ARCHITECTURES}.",
+    config.model.encoder in allowed,
+    f"config.model.encoder={config.model.encoder!r} is not one of {allowed}.",
   )
+  if config.mode in CHECKPOINT_MODES or config.mode == "import_original":
+    check(
+      bool(config.checkpoint),
+      f"config.mode={config.mode!r} needs --config.checkpoint=<training workdir or checkpoint>.",
+    )
+  if config.mode in ("linear_eval", "finetune"):
+    check(config.eval.batch_size > 0, "config.eval.batch_size must be positive.")
+    check(
+      len(config.eval.base_lrs) > 0 and all(lr > 0 for lr in config.eval.base_lrs),
+      "config.eval.base_lrs must hold positive learning rates: "
+      "e.g. --config.eval.base_lrs='(0.4,)'.",
+    )
+    check(
+      config.eval.num_steps > 0 or config.eval.num_epochs > 0,
+      "Set a positive config.eval.num_epochs or config.eval.num_steps.",
+    )
+    check(
+      0.0 < config.eval.label_fraction <= 1.0,
+      f"config.eval.label_fraction={config.eval.label_fraction} must lie in (0, 1].",
+    )
+  check(config.eval.knn_every_steps >= 0, "config.eval.knn_every_steps must be >= 0 (0 = off).")
+  check(config.eval.knn_k > 0, "config.eval.knn_k must be positive.")
+  check(
+    config.eval.online_probe_classes >= 0,
+    "config.eval.online_probe_classes must be >= 0 (0 = no online probe).",
+  )
+  check(config.eval.knn_temperature > 0, "config.eval.knn_temperature must be positive.")
   check(
     config.model.width_multiplier >= 1,
     "config.model.width_multiplier must be a positive integer (1, 2, 4).",

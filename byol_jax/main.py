@@ -33,6 +33,16 @@ def _define_flags() -> None:
   )
   flags.DEFINE_integer("num_processes", None, "Processes in a multi-process run.")
   flags.DEFINE_integer("process_id", None, "This process's index in a multi-process run.")
+  flags.DEFINE_bool(
+    "distributed",
+    False,
+    "Multi-process run with the coordinator found from the environment (Cloud TPU, SLURM, ...).",
+  )
+  flags.DEFINE_integer(
+    "heartbeat_timeout_seconds",
+    100,
+    "Multi-process runs: when a process stops answering for this long, the others exit.",
+  )
 
 
 def _load_config():
@@ -52,8 +62,13 @@ def _run(argv) -> None:
   import jax
 
   jax.config.update("jax_default_prng_impl", config.prng_impl)
-  if FLAGS.coordinator_address:
-    jax.distributed.initialize(FLAGS.coordinator_address, FLAGS.num_processes, FLAGS.process_id)
+  if FLAGS.coordinator_address or FLAGS.distributed:
+    jax.distributed.initialize(
+      FLAGS.coordinator_address,
+      FLAGS.num_processes,
+      FLAGS.process_id,
+      heartbeat_timeout_seconds=FLAGS.heartbeat_timeout_seconds,
+    )
   workdir = FLAGS.workdir or os.path.join(
     "runs", os.path.splitext(os.path.basename(FLAGS["config"].config_filename))[0]
   )
@@ -61,8 +76,23 @@ def _run(argv) -> None:
     from byol_jax import train
 
     train.pretrain(config, workdir)
+  elif config.mode in ("linear_eval", "finetune", "embed"):
+    from byol_jax import evaluate
+
+    getattr(evaluate, config.mode)(config, workdir)
+  elif config.mode in ("export_torch", "import_original"):
+    from byol_jax import config_base, interop
+
+    config_base.validate_config(config)
+    if config.mode == "export_torch":
+      output = config.eval.output or os.path.join(workdir, "encoder_torch.pt")
+      interop.export_torch(config.checkpoint, output)
+    else:
+      interop.import_original(config.checkpoint, workdir)
   else:
-    raise UserError(f"config.mode={config.mode!r} is not a known mode (pretrain).")
+    from byol_jax.config_base import MODES
+
+    raise UserError(f"config.mode={config.mode!r} is not a known mode {MODES}.")
 
 
 def main(argv) -> None:

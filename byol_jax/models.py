@@ -170,6 +170,7 @@ def make_byol_network(
   bn_decay: float = 0.9,
   bn_eps: float = 1e-5,
   axis_name: str | None = None,
+  num_classes: int = 0,
 ) -> hk.TransformedWithState:
   """Returns the transformed BYOL network.
 
@@ -178,6 +179,8 @@ def make_byol_network(
   ``prediction``. The online network calls it with the predictor; the target network without,
   so target parameters hold no predictor. ``axis_name`` names the device axis over which
   BatchNorm statistics are averaged (None on a single device or outside ``pmap``).
+  ``num_classes > 0`` adds the online linear probe: ``logits`` of a linear classifier on the
+  stop-gradient embedding (online network only), which cannot change the representation.
   """
   bn_config = dict(decay_rate=bn_decay, eps=bn_eps, cross_replica_axis=axis_name)
 
@@ -191,19 +194,28 @@ def make_byol_network(
       out["prediction"] = MLP(
         heads.predictor_hidden, heads.projector_output, bn_config, "predictor"
       )(projection, is_training)
+      if num_classes > 0:
+        out["logits"] = hk.Linear(num_classes, name="linear_probe")(
+          jax.lax.stop_gradient(embedding)
+        )
     return out
 
   return hk.without_apply_rng(hk.transform_with_state(forward))
 
 
 def make_encoder_network(
-  encoder: EncoderSpec, *, bn_decay: float = 0.9, bn_eps: float = 1e-5
+  encoder: EncoderSpec,
+  *,
+  bn_decay: float = 0.9,
+  bn_eps: float = 1e-5,
+  axis_name: str | None = None,
 ) -> hk.TransformedWithState:
   """The encoder alone, with the same parameter names as inside :func:`make_byol_network`.
 
-  ``apply(params, state, images, is_training)`` returns the representation ``[N, D]``.
+  ``apply(params, state, images, is_training)`` returns the representation ``[N, D]``;
+  ``axis_name`` as in :func:`make_byol_network` (for fine-tuning under ``pmap``).
   """
-  bn_config = dict(decay_rate=bn_decay, eps=bn_eps)
+  bn_config = dict(decay_rate=bn_decay, eps=bn_eps, cross_replica_axis=axis_name)
 
   def forward(images: jax.Array, is_training: bool):
     return make_encoder(encoder, bn_config)(images, is_training=is_training)
@@ -211,10 +223,14 @@ def make_encoder_network(
   return hk.without_apply_rng(hk.transform_with_state(forward))
 
 
+# Modules of the online network only: the target network has no predictor and no probe.
+ONLINE_ONLY_MODULES = ("predictor", "linear_probe")
+
+
 def split_predictor(params: hk.Params) -> tuple[hk.Params, hk.Params]:
-  """Splits parameters (or state) into (predictor part, everything else)."""
+  """Splits parameters (or state) into (online-only part: predictor and probe, everything else)."""
   return hk.data_structures.partition(
-    lambda module, name, value: module.startswith("predictor"), params
+    lambda module, name, value: module.startswith(ONLINE_ONLY_MODULES), params
   )
 
 

@@ -13,6 +13,7 @@ import dataclasses
 import math
 import os
 from collections.abc import Iterator
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -20,7 +21,17 @@ import ml_collections
 import numpy as np
 from absl import logging
 
-from byol_jax import byol, checkpointing, config_base, models, monitor, parallel, schedules, writers
+from byol_jax import (
+  byol,
+  checkpointing,
+  config_base,
+  models,
+  monitor,
+  parallel,
+  preemption,
+  schedules,
+  writers,
+)
 from byol_jax.data import augment, pipeline, sources
 from byol_jax.errors import UserError
 
@@ -159,19 +170,21 @@ def initial_state(config: ml_collections.ConfigDict, optimizer) -> byol.TrainSta
 def restore_or_init(
   checkpointer: checkpointing.Checkpointer, config: ml_collections.ConfigDict, optimizer
 ) -> byol.TrainState:
-  """The latest checkpoint's state, or a fresh one when the workdir holds none."""
+  """The newest intact checkpoint's state, or a fresh one when the workdir holds none."""
   state = initial_state(config, optimizer)
-  step = checkpointer.latest_step()
-  if step is None:
+
+  def check_architecture(saved: dict[str, Any]) -> None:
+    mismatch = checkpointing.architecture_mismatch(saved, config.to_dict())
+    if mismatch:
+      raise UserError(
+        f"The checkpoint in {checkpointer.directory} is of another architecture "
+        f"({'; '.join(mismatch)}): use the config it was trained with, or a fresh --workdir."
+      )
+
+  found = checkpointer.restore_latest_intact(state._asdict(), check_architecture)
+  if found is None:
     return state
-  saved = checkpointer.restore_config(step)
-  mismatch = checkpointing.architecture_mismatch(saved, config.to_dict())
-  if mismatch:
-    raise UserError(
-      f"The checkpoint in {checkpointer.directory} is of another architecture ({'; '.join(mismatch)}): "
-      "use the config it was trained with, or a fresh --workdir."
-    )
-  restored = checkpointer.restore(state._asdict(), step)
+  step, restored = found
   logging.info("Resumed from %s at step %d.", checkpointer.directory, step)
   return byol.TrainState(**restored)
 
@@ -228,6 +241,8 @@ def pretrain(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float
     shuffle_buffer=config.data.shuffle_buffer,
   )
   writer = writers.MetricWriter(workdir, enabled=is_main)
+  # Steps after the checkpoint we resume from are recomputed: drop their stale records.
+  writer.truncate_after(start_step)
   progress = writers.Progress(plan.total_steps, config.batch_size, enabled=is_main)
   rng = parallel.replicate(jax.random.PRNGKey(config.seed))
   state = parallel.replicate(state)
@@ -244,36 +259,49 @@ def pretrain(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float
       )
     checkpointer.save(step, host_state._asdict(), config.to_dict())
 
+  stopped_by = ""
   try:
-    for batch in prefetch_to_devices(batches):
-      if step >= plan.total_steps:
-        break
-      state, metrics = p_update(state, batch, rng)
-      step += 1
-      if step == start_step + 1:
-        progress.start(step)  # throughput excludes the compiling first step
-      is_log = step % config.log_every_steps == 0 or step == plan.total_steps
-      is_ckpt = step % config.checkpoint_every_steps == 0 or step == plan.total_steps
-      if is_log or is_ckpt:
-        scalars = {k: float(v) for k, v in parallel.unreplicate(metrics).items()}
-        check_finite(step, scalars)
-        if is_log:
-          scalars["images_per_s"] = progress.update(step, scalars)
-          writer.write(step, scalars)
-          last = scalars
-        if is_ckpt:
-          save(step)
-      if knn_monitor is not None and knn_monitor.due(step, plan.total_steps):
-        knn = knn_monitor(state.online_params, state.online_state)
-        writer.write(step, knn)
-        if is_main:
-          print(" | ".join(f"{k} {v:.4f}" for k, v in knn.items()), flush=True)
-        progress.start(step)  # the throughput excludes the monitor's time
+    with preemption.PreemptionGuard() as guard:
+      for batch in prefetch_to_devices(batches):
+        if step >= plan.total_steps:
+          break
+        state, metrics = p_update(state, batch, rng)
+        step += 1
+        if step == start_step + 1:
+          progress.start(step)  # throughput excludes the compiling first step
+        is_log = step % config.log_every_steps == 0 or step == plan.total_steps
+        is_ckpt = step % config.checkpoint_every_steps == 0 or step == plan.total_steps
+        if is_log or is_ckpt:
+          scalars = {k: float(v) for k, v in parallel.unreplicate(metrics).items()}
+          check_finite(step, scalars)
+          if is_log:
+            scalars["images_per_s"] = progress.update(step, scalars)
+            writer.write(step, scalars)
+            last = scalars
+          if is_ckpt:
+            save(step)
+        if knn_monitor is not None and knn_monitor.due(step, plan.total_steps):
+          knn = knn_monitor(state.online_params, state.online_state)
+          writer.write(step, knn)
+          if is_main:
+            print(" | ".join(f"{k} {v:.4f}" for k, v in knn.items()), flush=True)
+          progress.start(step)  # the throughput excludes the monitor's time
+        if guard.should_stop(step):
+          if not is_ckpt:
+            save(step)
+          stopped_by = guard.signal_name or "preemption"
+          break
   finally:
     checkpointer.wait()
     checkpointer.close()
     writer.close()
-  if is_main:
+  if is_main and stopped_by:
+    print(
+      f"Stopped by {stopped_by} at step {step}; checkpoint written to {checkpointer.directory}. "
+      "Run the same command to resume.",
+      flush=True,
+    )
+  elif is_main:
     print(
       f"Done: {step} steps. Checkpoints in {checkpointer.directory}, metrics in "
       f"{writer.jsonl_path}, TensorBoard logs in {writer.tensorboard_dir}.",

@@ -32,6 +32,19 @@ class MetricWriter:
 
       self._tb = tf.summary.create_file_writer(self.tensorboard_dir)
 
+  def truncate_after(self, step: int) -> None:
+    """Drops the JSONL records of steps after ``step`` (they are about to be recomputed)."""
+    if not self._enabled or not os.path.exists(self.jsonl_path):
+      return
+    with open(self.jsonl_path) as f:
+      lines = f.readlines()
+    kept = [line for line in lines if line.strip() and json.loads(line)["step"] <= step]
+    if len(kept) != len(lines):
+      tmp = self.jsonl_path + ".tmp"
+      with open(tmp, "w") as f:
+        f.writelines(kept)
+      os.replace(tmp, self.jsonl_path)
+
   def write(self, step: int, scalars: Mapping[str, float]) -> None:
     if not self._enabled:
       return

@@ -1,8 +1,6 @@
 """End-to-end pretraining runs on tiny shapes: checkpoints, exact resume, divergence, configs."""
 
 import functools
-import importlib.util
-import json
 import os
 import shutil
 
@@ -10,49 +8,10 @@ import jax
 import numpy as np
 import pytest
 import tensorflow_datasets as tfds
+from tiny import load_config_module, read_metrics, tiny_config
 
-from byol_jax import checkpointing, config_base, train
+from byol_jax import checkpointing, train
 from byol_jax.errors import UserError
-
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-
-
-def tiny_config(**overrides):
-  c = config_base.get_base_config()
-  c.data.source = "synthetic"
-  c.data.synthetic_examples = 64
-  c.data.image_size = 16
-  c.data.eval_resize = 16
-  c.model.encoder = "tiny"
-  c.model.small_image_stem = True
-  c.model.projector_hidden = 32
-  c.model.projector_output = 16
-  c.model.predictor_hidden = 32
-  c.batch_size = 16
-  c.num_steps = 6
-  c.optim.base_lr = 2.0
-  c.optim.warmup_steps = 2
-  c.log_every_steps = 1
-  c.checkpoint_every_steps = 3
-  for key, value in overrides.items():
-    node = c
-    *path, last = key.split(".")
-    for p in path:
-      node = node[p]
-    node[last] = value
-  return c
-
-
-def load_config_module(name):
-  spec = importlib.util.spec_from_file_location(name, os.path.join(REPO, "configs", f"{name}.py"))
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module
-
-
-def read_metrics(workdir):
-  with open(os.path.join(workdir, "metrics.jsonl")) as f:
-    return [json.loads(line) for line in f]
 
 
 def final_state(workdir, config, step=None):
@@ -147,3 +106,21 @@ def test_byol_r50_config_runs_on_mocked_imagenet(tmp_path):
   with tfds.testing.mock_data(num_examples=16):
     metrics = train.pretrain(config, str(tmp_path))
   assert np.isfinite(metrics["loss"])
+
+
+def test_damaged_latest_checkpoint_falls_back_to_the_previous(tmp_root, capsys):
+  full = uninterrupted(tmp_root)
+  workdir = os.path.join(tmp_root, "damaged")
+  shutil.copytree(full, workdir)
+  data = os.path.join(workdir, "checkpoints", "6", "state", "ocdbt.process_0", "d")
+  for name in os.listdir(data):  # a write cut short: every data file truncated
+    with open(os.path.join(data, name), "r+b") as f:
+      f.truncate(10)
+  config = tiny_config()
+  ckpt = checkpointing.Checkpointer(os.path.join(workdir, "checkpoints"))
+  template = final_state(full, config, 3)
+  step, state = ckpt.restore_latest_intact(template)
+  ckpt.close()
+  assert step == 3
+  assert "checkpoint 6 is damaged" in capsys.readouterr().out
+  jax.tree.map(np.testing.assert_array_equal, state, template)

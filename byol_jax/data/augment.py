@@ -335,6 +335,45 @@ def colour_augment_image(image: tf.Tensor, seed: tf.Tensor, params: AugmentParam
   return tf.clip_by_value(image, 0.0, 1.0)
 
 
+def view_seeds(seed: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor, tf.Tensor]:
+  """The (crop, flip, colour) seeds of one view from its shape-[2] seed."""
+  crop_seed, flip_seed, colour_seed = _split(tf.convert_to_tensor(seed), 3)
+  return crop_seed, flip_seed, colour_seed
+
+
+def finish_view(
+  crop: tf.Tensor,
+  flip_seed: tf.Tensor,
+  colour_seed: tf.Tensor,
+  params: AugmentParams,
+  output_size: int,
+  colour_ops: bool = True,
+) -> tf.Tensor:
+  """Resize, flip and (optionally) colour ops of a crop: the rest of :func:`augment_view`."""
+  view = _resize(crop, output_size)
+  view = random_flip(view, flip_seed, params.flip_prob)
+  view = tf.ensure_shape(view, [output_size, output_size, 3])
+  if colour_ops:
+    view = colour_augment_image(view, colour_seed, params)
+  return view
+
+
+def finish_view_uint8(
+  crop: tf.Tensor, flip_seed: tf.Tensor, params: AugmentParams, output_size: int
+) -> tf.Tensor:
+  """Resize and flip of a uint8 crop to uint8 [S, S, 3], for colour ops on the device.
+
+  Equals ``round(255 * finish_view(..., colour_ops=False))`` (up to float rounding at exact
+  ties) in fewer, cheaper ops: rounding before the flip moves a quarter of the bytes.
+  """
+  resized = tf.image.resize(
+    tf.cast(crop, tf.float32), [output_size, output_size], method="bicubic", antialias=False
+  )
+  view = tf.cast(tf.round(tf.clip_by_value(resized, 0.0, 255.0)), tf.uint8)
+  view = random_flip(view, flip_seed, params.flip_prob)
+  return tf.ensure_shape(view, [output_size, output_size, 3])
+
+
 def augment_view(
   image: tf.Tensor,
   seed: tf.Tensor,
@@ -352,14 +391,11 @@ def augment_view(
     colour_ops: if False only crop and flip are applied (colour, blur and solarisation then run
       on the device, see ``device_augment.colour_augment``).
   """
-  seed = tf.convert_to_tensor(seed)
-  crop_seed, flip_seed, colour_seed = _split(seed, 3)
-  view = random_resized_crop(image, crop_seed, params, output_size)
-  view = random_flip(view, flip_seed, params.flip_prob)
-  view = tf.ensure_shape(view, [output_size, output_size, 3])
-  if colour_ops:
-    view = colour_augment_image(view, colour_seed, params)
-  return view
+  crop_seed, flip_seed, colour_seed = view_seeds(seed)
+  shape = tf.shape(image)
+  off_y, off_x, box_h, box_w = sample_crop_box(shape[0], shape[1], crop_seed, params)
+  crop = tf.slice(image, tf.stack([off_y, off_x, 0]), tf.stack([box_h, box_w, 3]))
+  return finish_view(crop, flip_seed, colour_seed, params, output_size, colour_ops)
 
 
 def centre_crop(image: tf.Tensor, image_size: int, resize_size: int) -> tf.Tensor:

@@ -17,7 +17,10 @@ position* of an example in the stream: position ``p = step * global_batch_size +
   them (cheap, but it still reads them).
 
 Each example's two views use seeds derived from (seed, p) by stateless ops, so the output does
-not depend on tf.data threading. Files that fail to decode at run time (which the folder
+not depend on tf.data threading. Sources that hold encoded files (image folders, TFDS) are decoded
+inside the pipeline: JPEGs only within the window that holds both crops, with the crop boxes
+sampled from the header's shape, which gives the pixels of a full decode at a fraction of the
+cost for small crops of large images. Files that fail to decode at run time (which the folder
 pre-scan did not catch) are dropped, shifting later examples by one slot.
 """
 
@@ -29,7 +32,15 @@ from collections.abc import Iterator
 import numpy as np
 import tensorflow as tf
 
-from byol_jax.data.augment import AugmentParams, augment_view, centre_crop
+from byol_jax.data.augment import (
+  AugmentParams,
+  augment_view,
+  centre_crop,
+  finish_view,
+  finish_view_uint8,
+  sample_crop_box,
+  view_seeds,
+)
 from byol_jax.data.sources import DataSource, TfdsSource
 from byol_jax.errors import UserError
 
@@ -69,6 +80,16 @@ def shuffled_index(seed: int, position: tf.Tensor, num_examples: int) -> tf.Tens
   )
 
 
+def _finish(
+  crop: tf.Tensor, seeds: tuple, params: AugmentParams, image_size: int, colour_ops: bool
+) -> tf.Tensor:
+  _, flip_seed, colour_seed = seeds
+  if colour_ops:
+    return finish_view(crop, flip_seed, colour_seed, params, image_size)
+  # Without colour ops the device finishes the job: uint8 cuts host-to-device bytes by 4.
+  return finish_view_uint8(crop, flip_seed, params, image_size)
+
+
 def two_views(
   image: tf.Tensor,
   seed: tf.Tensor,
@@ -77,15 +98,77 @@ def two_views(
   image_size: int,
   colour_ops: bool = True,
 ) -> tuple[tf.Tensor, tf.Tensor]:
-  """The two augmented views of one image, from one shape-[2] seed."""
+  """The two augmented views of one decoded image, from one shape-[2] seed.
+
+  float32 in [0, 1] with colour ops, else uint8 after crop, resize and flip only.
+  """
   seeds = tf.random.experimental.stateless_split(seed, num=2)
-  v1 = augment_view(image, seeds[0], view1, image_size, colour_ops)
-  v2 = augment_view(image, seeds[1], view2, image_size, colour_ops)
-  if not colour_ops:
-    # Without colour ops the device finishes the job: uint8 cuts host-to-device bytes by 4.
-    v1 = tf.cast(tf.round(v1 * 255.0), tf.uint8)
-    v2 = tf.cast(tf.round(v2 * 255.0), tf.uint8)
-  return v1, v2
+  views = []
+  for view_seed, params in ((seeds[0], view1), (seeds[1], view2)):
+    s = view_seeds(view_seed)
+    shape = tf.shape(image)
+    off_y, off_x, box_h, box_w = sample_crop_box(shape[0], shape[1], s[0], params)
+    crop = tf.slice(image, tf.stack([off_y, off_x, 0]), tf.stack([box_h, box_w, 3]))
+    views.append(_finish(crop, s, params, image_size, colour_ops))
+  return views[0], views[1]
+
+
+def encoded_crops(
+  data: tf.Tensor, crop_seeds: list[tf.Tensor], params: list[AugmentParams]
+) -> list[tf.Tensor]:
+  """uint8 random-resized-crop windows (before the resize) of an encoded image, one per seed.
+
+  JPEGs are decoded only inside the union of the windows, with the box sampled from the header's
+  shape (the original BYOL code and big_vision do the same); other formats are fully decoded.
+  The pixels equal those of a full decode followed by slicing.
+  """
+
+  def boxes(height: tf.Tensor, width: tf.Tensor) -> list[tuple[tf.Tensor, ...]]:
+    return [sample_crop_box(height, width, s, p) for s, p in zip(crop_seeds, params)]
+
+  def from_jpeg() -> tuple[tf.Tensor, ...]:
+    shape = tf.image.extract_jpeg_shape(data)
+    height, width = shape[0], shape[1]
+    bs = boxes(height, width)
+    # A one-pixel margin: libjpeg's chroma upsampling treats the window's edge as the image's,
+    # so without it the last column of a crop can differ from that of a full decode.
+    y0 = tf.maximum(tf.reduce_min(tf.stack([b[0] for b in bs])) - 1, 0)
+    x0 = tf.maximum(tf.reduce_min(tf.stack([b[1] for b in bs])) - 1, 0)
+    y1 = tf.minimum(tf.reduce_max(tf.stack([b[0] + b[2] for b in bs])) + 1, height)
+    x1 = tf.minimum(tf.reduce_max(tf.stack([b[1] + b[3] for b in bs])) + 1, width)
+    window = tf.image.decode_and_crop_jpeg(data, tf.stack([y0, x0, y1 - y0, x1 - x0]), channels=3)
+    return tuple(
+      tf.slice(window, tf.stack([oy - y0, ox - x0, 0]), tf.stack([h, w, 3])) for oy, ox, h, w in bs
+    )
+
+  def from_other() -> tuple[tf.Tensor, ...]:
+    image = tf.io.decode_image(data, channels=3, dtype=tf.uint8, expand_animations=False)
+    shape = tf.shape(image)
+    return tuple(
+      tf.slice(image, tf.stack([oy, ox, 0]), tf.stack([h, w, 3]))
+      for oy, ox, h, w in boxes(shape[0], shape[1])
+    )
+
+  crops = tf.cond(tf.io.is_jpeg(data), from_jpeg, from_other)
+  return [tf.ensure_shape(c, [None, None, 3]) for c in crops]
+
+
+def two_views_encoded(
+  data: tf.Tensor,
+  seed: tf.Tensor,
+  view1: AugmentParams,
+  view2: AugmentParams,
+  image_size: int,
+  colour_ops: bool = True,
+) -> tuple[tf.Tensor, tf.Tensor]:
+  """:func:`two_views` of an encoded image (JPEG, PNG, ...); same seeds, same pixels."""
+  seeds = tf.random.experimental.stateless_split(seed, num=2)
+  s1, s2 = view_seeds(seeds[0]), view_seeds(seeds[1])
+  c1, c2 = encoded_crops(data, [s1[0], s2[0]], [view1, view2])
+  return (
+    _finish(c1, s1, view1, image_size, colour_ops),
+    _finish(c2, s2, view2, image_size, colour_ops),
+  )
 
 
 def _options() -> tf.data.Options:
@@ -102,7 +185,7 @@ def pretrain_dataset(
   global_batch_size: int,
   image_size: int,
   view1: AugmentParams,
-  view2: AugmentParams,
+  view2: AugmentParams | None,
   seed: int,
   start_step: int = 0,
   process_index: int = 0,
@@ -110,7 +193,11 @@ def pretrain_dataset(
   host_colour_ops: bool = True,
   shuffle_buffer: int = 10_000,
 ) -> tf.data.Dataset:
-  """The infinite tf.data pipeline behind :func:`pretrain_batches` (same arguments)."""
+  """The infinite tf.data pipeline behind :func:`pretrain_batches` (same arguments).
+
+  With ``view2=None`` each example is one fully augmented view ``{"image", "label"}`` (the
+  supervised batches of :func:`train_batches`).
+  """
   batch = local_batch_size(global_batch_size, process_count)
   if not 0 <= process_index < process_count:
     raise ValueError(f"Bad process_index={process_index} for process_count={process_count}.")
@@ -123,18 +210,33 @@ def pretrain_dataset(
     step = start_step + k // batch
     return step * global_batch_size + first_slot + k % batch
 
-  def make_example(pos: tf.Tensor, example: dict[str, tf.Tensor]) -> dict[str, tf.Tensor]:
-    v1, v2 = two_views(
+  def make_example(
+    pos: tf.Tensor, example: dict[str, tf.Tensor], encoded: bool
+  ) -> dict[str, tf.Tensor]:
+    # encoded: example["image"] holds file bytes, decoded here only where the crops need it.
+    label = tf.cast(example["label"], tf.int32)
+    if view2 is None:
+      if encoded:
+        crop_seed, flip_seed, colour_seed = view_seeds(example_seed(seed, pos))
+        (crop,) = encoded_crops(example["image"], [crop_seed], [view1])
+        view = finish_view(crop, flip_seed, colour_seed, view1, image_size)
+      else:
+        view = augment_view(example["image"], example_seed(seed, pos), view1, image_size)
+      return {"image": view, "label": label}
+    views = two_views_encoded if encoded else two_views
+    v1, v2 = views(
       example["image"], example_seed(seed, pos), view1, view2, image_size, host_colour_ops
     )
-    return {"view1": v1, "view2": v2, "label": tf.cast(example["label"], tf.int32)}
+    return {"view1": v1, "view2": v2, "label": label}
 
   if source.random_access:
     n = source.num_examples
+    encoded = source.encoded_reads
+    read = source.read_encoded if encoded else source.read
 
     def load(k: tf.Tensor) -> dict[str, tf.Tensor]:
       pos = position(k)
-      return make_example(pos, source.read(shuffled_index(seed, pos, n)))
+      return make_example(pos, read(shuffled_index(seed, pos, n)), encoded)
 
     ds = tf.data.Dataset.counter(0).map(
       load, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True
@@ -164,7 +266,7 @@ def pretrain_dataset(
 
     stream = tf.data.Dataset.counter(start_epoch).flat_map(epoch_records).skip(skip)
     ds = tf.data.Dataset.zip(tf.data.Dataset.counter(0), stream).map(
-      lambda k, record: make_example(position(k), TfdsSource.decode(record)),
+      lambda k, record: make_example(position(k), record, encoded=True),
       num_parallel_calls=tf.data.AUTOTUNE,
       deterministic=True,
     )
@@ -208,6 +310,38 @@ def pretrain_batches(
     process_index=process_index,
     process_count=process_count,
     host_colour_ops=host_colour_ops,
+    shuffle_buffer=shuffle_buffer,
+  )
+  yield from ds.as_numpy_iterator()
+
+
+def train_batches(
+  source: DataSource,
+  *,
+  global_batch_size: int,
+  image_size: int,
+  params: AugmentParams,
+  seed: int,
+  start_step: int = 0,
+  process_index: int = 0,
+  process_count: int = 1,
+  shuffle_buffer: int = 10_000,
+) -> Iterator[dict[str, np.ndarray]]:
+  """Endless supervised training batches (linear evaluation, fine-tuning): one view per image.
+
+  Same order and determinism as :func:`pretrain_batches`. Yields {"image": float32 [B, S, S, 3]
+  in [0, 1] augmented with ``params``, "label": int32 [B]}, B = global_batch_size // process_count.
+  """
+  ds = pretrain_dataset(
+    source,
+    global_batch_size=global_batch_size,
+    image_size=image_size,
+    view1=params,
+    view2=None,
+    seed=seed,
+    start_step=start_step,
+    process_index=process_index,
+    process_count=process_count,
     shuffle_buffer=shuffle_buffer,
   )
   yield from ds.as_numpy_iterator()
@@ -291,3 +425,23 @@ def augment_batch_numpy(
     for i, image in enumerate(images)
   ]
   return np.stack([v.numpy() for v in views])
+
+
+def default_host_colour_ops(platform: str) -> bool:
+  """Where the colour ops run by default on a JAX platform ("cpu", "gpu", "tpu", ...).
+
+  Accelerators: on the device, as in the original code; the host then only decodes, crops,
+  resizes and flips, and sends uint8 views. CPU-only: on the host (measured in BENCHMARKS.md).
+  """
+  return platform == "cpu"
+
+
+def resolve_host_colour_ops(value: bool | str, platform: str) -> bool:
+  """``config.data.host_colour_ops`` as a bool: True / False as given, "auto" by platform."""
+  if isinstance(value, str):
+    if value.lower() == "auto":
+      return default_host_colour_ops(platform)
+    if value.lower() in ("true", "false"):
+      return value.lower() == "true"
+    raise UserError(f"data.host_colour_ops={value!r} must be True, False or 'auto'.")
+  return bool(value)

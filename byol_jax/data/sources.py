@@ -51,6 +51,9 @@ class DataSource:
   num_examples: int
   num_classes: int
   random_access: bool = True
+  # Whether read_encoded() gives the undecoded file bytes, so that the pipeline can decode only
+  # the crop windows of JPEGs (the costliest host step for large images).
+  encoded_reads: bool = False
 
   @property
   def has_labels(self) -> bool:
@@ -60,6 +63,10 @@ class DataSource:
   def read(self, index: tf.Tensor) -> dict[str, tf.Tensor]:
     """The example at int64 ``index`` (in [0, num_examples)), usable inside tf.data maps."""
     raise NotImplementedError(f"{type(self).__name__} is not random access.")
+
+  def read_encoded(self, index: tf.Tensor) -> dict[str, tf.Tensor]:
+    """The example at ``index`` as {"image": encoded bytes, "label"}, when ``encoded_reads``."""
+    raise NotImplementedError(f"{type(self).__name__} does not give encoded images.")
 
   def shard_indices(self, process_index: int = 0, process_count: int = 1) -> np.ndarray:
     """This process's contiguous block of example indices (disjoint across processes)."""
@@ -150,6 +157,40 @@ def array_source(
     if num_classes is None and labels is not None:
       num_classes = int(np.max(labels)) + 1
   return ArraySource(images, label_array, num_classes=num_classes)
+
+
+class SubsetSource(DataSource):
+  """The examples ``indices`` of a random-access source, in that order."""
+
+  def __init__(self, base: DataSource, indices: np.ndarray, name: str | None = None):
+    if not base.random_access:
+      raise TypeError(f"{base.name} is not random access; it cannot be subset by index.")
+    self.base = base
+    self.indices = np.asarray(indices, np.int64)
+    self.name = name or f"{base.name}[{len(self.indices)} examples]"
+    self.num_examples = len(self.indices)
+    self.num_classes = base.num_classes
+    base_labels = getattr(base, "labels", None)
+    self.labels = None if base_labels is None else np.asarray(base_labels)[self.indices]
+    self._indices_t: tf.Tensor | None = None
+    self.encoded_reads = base.encoded_reads
+
+  def _base_index(self, index: tf.Tensor) -> tf.Tensor:
+    if self._indices_t is None:
+      with tf.init_scope():
+        self._indices_t = tf.constant(self.indices)
+    return tf.gather(self._indices_t, index)
+
+  def read(self, index: tf.Tensor) -> dict[str, tf.Tensor]:
+    return self.base.read(self._base_index(index))
+
+  def read_encoded(self, index: tf.Tensor) -> dict[str, tf.Tensor]:
+    return self.base.read_encoded(self._base_index(index))
+
+
+def subset_source(source: DataSource, indices: np.ndarray) -> SubsetSource:
+  """A random-access source restricted to ``indices`` (e.g. a label subset or a validation split)."""
+  return SubsetSource(source, indices)
 
 
 # --------------------------------------------------------------------------------------------
@@ -323,6 +364,8 @@ def _list_images(folder: str) -> list[str]:
 class FileSource(DataSource):
   """Images read and decoded from files; decoding handles JPEG and PNG of any size."""
 
+  encoded_reads = True
+
   def __init__(
     self,
     paths: Sequence[str],
@@ -340,15 +383,21 @@ class FileSource(DataSource):
     self._paths_t: tf.Tensor | None = None
     self._labels_t: tf.Tensor | None = None
 
-  def read(self, index: tf.Tensor) -> dict[str, tf.Tensor]:
+  def read_encoded(self, index: tf.Tensor) -> dict[str, tf.Tensor]:
     if self._paths_t is None:
       with tf.init_scope():
         self._paths_t = tf.constant(self.paths)
         self._labels_t = tf.constant(self.labels)
     data = tf.io.read_file(tf.gather(self._paths_t, index))
-    image = tf.io.decode_image(data, channels=3, dtype=tf.uint8, expand_animations=False)
+    return {"image": data, "label": tf.gather(self._labels_t, index)}
+
+  def read(self, index: tf.Tensor) -> dict[str, tf.Tensor]:
+    example = self.read_encoded(index)
+    image = tf.io.decode_image(
+      example["image"], channels=3, dtype=tf.uint8, expand_animations=False
+    )
     image = tf.ensure_shape(image, [None, None, 3])
-    return {"image": image, "label": tf.gather(self._labels_t, index)}
+    return {"image": image, "label": example["label"]}
 
 
 def folder_source(

@@ -1,0 +1,173 @@
+"""Evaluates a CIFAR-10 folder pretraining (``configs/byol_cifar10_cpu.py``) on a CPU, in minutes.
+
+  python experiments/eval_cifar_cpu.py --workdir=runs/byol_cifar10_cpu
+
+Reads the run's checkpoint and saved config (image folder, hold-out), then extracts frozen
+features (evaluation view: centre crop, inference-mode BatchNorm) of the 5,000 held-out images and
+of a stratified 10,000-image subset of the training images, and reports for three representations
+-- the BYOL encoder, the same encoder at random initialisation, and raw pixels -- the top-1 of
+
+* a linear probe: multinomial logistic regression on standardised features, L-BFGS to
+  convergence, its L2 penalty chosen on a fifth of the training subset;
+* weighted kNN: k = 200, cosine similarity, weights exp(sim / 0.1).
+
+Writes ``training_curves.png`` (loss and kNN top-1 over training, from metrics.jsonl) to --out
+(default: the workdir). The last line printed is one JSON object with every figure.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+
+import jax
+import numpy as np
+from absl import app, flags
+
+from byol_jax import encoder as encoder_lib
+from byol_jax import models, probes
+from byol_jax.data import device_augment, pipeline, sources
+from byol_jax.errors import UserError
+
+_WORKDIR = flags.DEFINE_string("workdir", None, "The pretraining workdir (or a checkpoint folder).")
+_OUT = flags.DEFINE_string("out", None, "Where the plot goes (default: the workdir).")
+_TRAIN_EXAMPLES = flags.DEFINE_integer("train_examples", 10_000, "Labelled training subset size.")
+_SEED = flags.DEFINE_integer("seed", 0, "Seed of the training subset and of the random encoder.")
+
+
+def views_of(source: sources.DataSource, image_size: int, resize: int):
+  """Evaluation views (float [N, S, S, 3] in [0, 1]) and labels of every example of ``source``."""
+  images, labels = [], []
+  for batch in pipeline.eval_batches(
+    source, batch_size=500, image_size=image_size, resize_size=resize
+  ):
+    images.append(batch["image"][batch["mask"]])
+    labels.append(batch["label"][batch["mask"]])
+  return np.concatenate(images), np.concatenate(labels)
+
+
+def random_encoder(
+  weights: encoder_lib.EncoderWeights, seed: int, views: np.ndarray
+) -> encoder_lib.Encoder:
+  """The same architecture at initialisation, its BatchNorm statistics estimated on ``views``.
+
+  With the initial moving statistics (mean 0, variance 1) activations grow layer after layer;
+  running the training-mode forward pass over the data first gives the random network the
+  statistics a trained one would have.
+  """
+  net = models.make_encoder_network(weights.spec)
+  size = weights.config.data.image_size
+  params, state = jax.jit(lambda k: net.init(k, np.zeros((1, size, size, 3), np.float32), True))(
+    jax.random.PRNGKey(seed)
+  )
+  update_stats = jax.jit(
+    lambda s, x: net.apply(params, s, device_augment.normalize(x), is_training=True)[1]
+  )
+  for _ in range(3):  # moving averages with decay 0.9: ~60 batches forget the initial values
+    for start in range(0, len(views) - 499, 500):
+      state = update_stats(state, views[start : start + 500])
+  return encoder_lib.Encoder(
+    encoder_lib.EncoderWeights(
+      weights.spec, params, state, weights.config, 0, "random initialisation"
+    )
+  )
+
+
+def plot_curves(metrics_path: str, out_path: str) -> bool:
+  """Loss and kNN top-1 against the step, side by side; False when there are no metrics."""
+  if not os.path.exists(metrics_path):
+    return False
+  import matplotlib
+
+  matplotlib.use("Agg")
+  import matplotlib.pyplot as plt
+
+  with open(metrics_path) as f:
+    records = [json.loads(line) for line in f if line.strip()]
+  loss = [(r["step"], r["loss"]) for r in records if "loss" in r]
+  knn = [(r["step"], r["knn_top1"]) for r in records if "knn_top1" in r]
+  fig, axes = plt.subplots(1, 2, figsize=(10, 3.6))
+  if loss:
+    axes[0].plot(*zip(*loss))
+  axes[0].set(xlabel="step", ylabel="BYOL loss", title="training loss")
+  if knn:
+    axes[1].plot(*zip(*knn), marker="o")
+  axes[1].set(xlabel="step", ylabel="top-1", title="kNN top-1 on the hold-out (k=200)")
+  for ax in axes:
+    ax.grid(alpha=0.3)
+  fig.tight_layout()
+  fig.savefig(out_path, dpi=120)
+  plt.close(fig)
+  return True
+
+
+def evaluate(name: str, train_x, train_y, test_x, test_y, num_classes: int) -> dict[str, float]:
+  t = time.perf_counter()
+  linear = probes.linear_probe(train_x, train_y, test_x, test_y, num_classes, seed=_SEED.value)
+  knn = probes.knn_accuracy(train_x, train_y, test_x, test_y, num_classes, k=200, temperature=0.1)
+  result = dict(linear_top1=linear["top1"], linear_l2=linear["l2"], knn_top1=knn["top1"])
+  print(
+    f"{name:>14}: linear top-1 {100 * linear['top1']:5.2f}% (l2 {linear['l2']:g}), kNN top-1 "
+    f"{100 * knn['top1']:5.2f}%  [{train_x.shape[1]}-d, {time.perf_counter() - t:.0f} s]",
+    flush=True,
+  )
+  return result
+
+
+def main(argv) -> None:
+  del argv
+  if not _WORKDIR.value:
+    raise UserError("Pass --workdir=<the pretraining workdir>.")
+  weights = encoder_lib.restore_encoder(_WORKDIR.value)
+  config = weights.config
+  if config.data.source != "folder" or config.data.holdout <= 0:
+    raise UserError(
+      f"{weights.source} was not trained on an image folder with a hold-out "
+      "(config.data.holdout): use configs/byol_cifar10_cpu.py."
+    )
+  size, resize = config.data.image_size, config.data.eval_resize
+  path, holdout, seed = config.data.path, config.data.holdout, config.data.holdout_seed
+  t = time.perf_counter()
+  train_all = sources.folder_source(path, holdout=holdout, holdout_seed=seed, subset="train")
+  held = sources.folder_source(path, holdout=holdout, holdout_seed=seed, subset="holdout")
+  count = min(_TRAIN_EXAMPLES.value, train_all.num_examples - 1)
+  keep = sources.stratified_holdout(train_all.labels, count, _SEED.value)[1]
+  train_x, train_y = views_of(sources.subset_source(train_all, keep), size, resize)
+  test_x, test_y = views_of(held, size, resize)
+  num_classes = max(train_all.num_classes, held.num_classes)
+  print(
+    f"{len(train_y)} training and {len(test_y)} held-out images of {path} "
+    f"({time.perf_counter() - t:.0f} s to read).",
+    flush=True,
+  )
+  results: dict = dict(checkpoint=weights.source, step=weights.step, encoder=weights.spec.name)
+  trained = encoder_lib.Encoder(weights)
+  results["byol"] = evaluate(
+    "BYOL", trained.embed_views(train_x), train_y, trained.embed_views(test_x), test_y, num_classes
+  )
+  rand = random_encoder(weights, _SEED.value, train_x)
+  results["random_init"] = evaluate(
+    "random init", rand.embed_views(train_x), train_y, rand.embed_views(test_x), test_y, num_classes
+  )
+  results["pixels"] = evaluate(
+    "raw pixels",
+    train_x.reshape(len(train_x), -1),
+    train_y,
+    test_x.reshape(len(test_x), -1),
+    test_y,
+    num_classes,
+  )
+  out = _OUT.value or (
+    _WORKDIR.value if os.path.isdir(os.path.join(_WORKDIR.value, "checkpoints")) else "."
+  )
+  os.makedirs(out, exist_ok=True)
+  workdir = os.path.dirname(os.path.dirname(weights.source))
+  plot = os.path.join(out, "training_curves.png")
+  if plot_curves(os.path.join(workdir, "metrics.jsonl"), plot):
+    results["plot"] = plot
+  print(json.dumps(results))
+
+
+if __name__ == "__main__":
+  app.run(main)

@@ -1,0 +1,203 @@
+"""Evaluation from checkpoints, end to end on tiny shapes: pretraining with the kNN monitor and the
+online probe, linear evaluation, fine-tuning, embeddings, ``load_encoder`` and the user errors."""
+
+import json
+import os
+import subprocess
+import sys
+
+import jax
+import numpy as np
+import pytest
+import tiny
+from PIL import Image
+from tiny import REPO, read_metrics
+
+import byol_jax
+from byol_jax import checkpointing, config_base, evaluate, models, probes, train
+from byol_jax.data import device_augment, pipeline
+from byol_jax.errors import UserError
+
+
+def tiny_config(**overrides):
+  """The shared tiny pretraining config, with the monitor, probe and short evaluations on."""
+  return tiny.tiny_config(
+    **{
+      "data.synthetic_classes": 4,
+      "num_steps": 4,
+      "optim.warmup_steps": 1,
+      "log_every_steps": 2,
+      "checkpoint_every_steps": 4,
+      "eval.knn_every_steps": 2,
+      "eval.knn_k": 20,
+      "eval.knn_train_examples": 48,
+      "eval.online_probe_classes": 4,
+      "eval.batch_size": 16,
+      "eval.num_steps": 2,
+      "eval.log_every_steps": 1,
+    },
+    **overrides,
+  )
+
+
+@pytest.fixture(scope="module")
+def pretrained(tmp_path_factory):
+  workdir = str(tmp_path_factory.mktemp("pretrain"))
+  train.pretrain(tiny_config(), workdir)
+  return workdir
+
+
+def write_folder(root, classes, per_class, size=20, flat=False):
+  rng = np.random.default_rng(0)
+  for c in range(classes):
+    folder = root if flat else os.path.join(root, f"class_{c}")
+    os.makedirs(folder, exist_ok=True)
+    for i in range(per_class):
+      pixels = rng.integers(0, 255, (size, size + 4, 3), dtype=np.uint8)
+      Image.fromarray(pixels).save(os.path.join(folder, f"img_{c}_{i}.png"))
+  return str(root)
+
+
+def test_pretraining_logs_knn_and_online_probe(pretrained):
+  records = read_metrics(pretrained)
+  knn = [r for r in records if "knn_top1" in r]
+  assert [r["step"] for r in knn] == [2, 4]
+  assert all(0.0 <= r["knn_top1"] <= 1.0 and 0.0 <= r["probe_top1"] <= 1.0 for r in knn)
+  logged = [r for r in records if "loss" in r]
+  assert all("probe_train_top1" in r and np.isfinite(r["probe_loss"]) for r in logged)
+
+
+def test_load_encoder_matches_the_training_network_and_the_knn_monitor(pretrained):
+  config = tiny_config()
+  # The training code's view of the checkpoint: the full state, the BYOL network, eval views.
+  optimizer = train.byol.make_optimizer(train.hparams(config, train.plan_run(config, 64)))
+  ckpt = checkpointing.Checkpointer(os.path.join(pretrained, "checkpoints"))
+  state = ckpt.restore(train.initial_state(config, optimizer)._asdict())
+  ckpt.close()
+  source = train.make_source(config, "test")
+  batch = next(pipeline.eval_batches(source, batch_size=64, image_size=16, resize_size=16))
+  net = train.build_network(config, axis_name=None)
+  out, _ = net.apply(
+    state["online_params"],
+    state["online_state"],
+    device_augment.normalize(batch["image"]),
+    is_training=False,
+    with_predictor=False,
+  )
+  enc = byol_jax.load_encoder(pretrained, batch_size=24)  # 64 images: the last batch is padded
+  assert (enc.dim, enc.step, enc.spec) == (64, 4, models.EncoderSpec("tiny", 1, True))
+  features = enc(source.images)
+  np.testing.assert_allclose(features, np.asarray(out["embedding"]), rtol=1e-5, atol=1e-5)
+  # Float images in [0, 1] give the same features; a step folder works as the path too.
+  step_folder = byol_jax.load_encoder(os.path.join(pretrained, "checkpoints", "4"))
+  np.testing.assert_allclose(step_folder(source.images / 255.0), features, rtol=1e-4, atol=1e-4)
+  # The last kNN figure of the run, recomputed from load_encoder features.
+  train_source = train.make_source(config, "train")
+  keep = train.sources.stratified_holdout(train_source.labels, 48, config.data.holdout_seed + 1)[1]
+  acc = probes.knn_accuracy(
+    enc(train_source.images[keep]), train_source.labels[keep], features, source.labels, 4, k=20
+  )
+  assert acc["top1"] == pytest.approx(read_metrics(pretrained)[-1]["knn_top1"], abs=1 / 64 + 1e-6)
+
+
+def test_linear_eval_sweeps_learning_rates_and_reports_top1(pretrained, tmp_path, capsys):
+  config = tiny_config(
+    mode="linear_eval",
+    checkpoint=pretrained,
+    **{"model.encoder": "checkpoint", "eval.base_lrs": (0.1, 1.0), "eval.val_examples": 16},
+  )
+  results = evaluate.linear_eval(config, str(tmp_path))
+  assert 0.0 <= results["top1"] <= results["top5"] <= 1.0
+  assert results["base_lr"] in (0.1, 1.0)
+  assert set(results["val_top1_per_lr"]) == {"0.1", "1.0"}
+  assert results["test_examples"] == 64
+  assert "Linear evaluation: top-1" in capsys.readouterr().out
+  assert read_metrics(str(tmp_path))[-1]["top1"] == results["top1"]
+  with open(tmp_path / "linear_eval.json") as f:
+    assert json.load(f)["top1"] == results["top1"]
+
+
+def test_finetune_on_a_label_subset(pretrained, tmp_path):
+  config = tiny_config(
+    mode="finetune",
+    checkpoint=pretrained,
+    **{"model.encoder": "checkpoint", "eval.label_fraction": 0.25, "eval.train_augment": "none"},
+  )
+  results = evaluate.finetune(config, str(tmp_path))
+  assert results["labelled_examples"] == 16
+  assert 0.0 <= results["top1"] <= 1.0
+  with open(tmp_path / "label_subset.json") as f:
+    subset = json.load(f)
+  labels = train.make_source(config, "train").labels[subset["indices"]]
+  assert np.bincount(labels).tolist() == [4, 4, 4, 4]  # stratified
+  chosen_again = evaluate.choose_label_subset(train.make_source(config, "train").labels, 0.25, 0)
+  assert chosen_again.tolist() == subset["indices"]  # deterministic in the seed
+
+
+def test_embed_writes_features_labels_and_file_names(pretrained, tmp_path):
+  folder = write_folder(tmp_path / "images", classes=2, per_class=3)
+  config = tiny_config(
+    mode="embed",
+    checkpoint=pretrained,
+    **{"model.encoder": "checkpoint", "data.source": "folder", "data.path": folder},
+  )
+  path = evaluate.embed(config, str(tmp_path / "out"))
+  data = np.load(path)
+  assert data["features"].shape == (6, 64)
+  assert data["labels"].tolist() == [0, 0, 0, 1, 1, 1]
+  assert os.path.basename(str(data["filenames"][3])) == "img_1_0.png"
+  images = np.stack([np.asarray(Image.open(str(f))) for f in data["filenames"]])
+  np.testing.assert_allclose(
+    byol_jax.load_encoder(pretrained)(images), data["features"], rtol=1e-4, atol=1e-4
+  )
+
+
+def test_user_errors_are_one_line(pretrained, tmp_path):
+  for bad in (str(tmp_path / "missing"), str(tmp_path)):
+    with pytest.raises(UserError, match="pass a training workdir or a checkpoint step folder"):
+      byol_jax.load_encoder(bad)
+  config = tiny_config(mode="linear_eval", checkpoint=pretrained, **{"model.encoder": "resnet18"})
+  with pytest.raises(UserError, match="holds a tiny x1, small-image stem encoder but the config"):
+    evaluate.linear_eval(config, str(tmp_path))
+  flat = write_folder(tmp_path / "flat", classes=1, per_class=4, flat=True)
+  config = tiny_config(
+    mode="linear_eval",
+    checkpoint=pretrained,
+    **{"model.encoder": "checkpoint", "data.source": "folder", "data.path": flat},
+  )
+  with pytest.raises(UserError, match=r"needs labels but folder:.* is unlabelled") as error:
+    evaluate.linear_eval(config, str(tmp_path))
+  assert "\n" not in str(error.value)
+  with pytest.raises(UserError, match="online_probe_classes=3 but synthetic has 4 classes"):
+    train.pretrain(tiny_config(**{"eval.online_probe_classes": 3}), str(tmp_path / "probe"))
+
+
+def test_command_line_reports_a_bad_checkpoint_path(tmp_path):
+  result = subprocess.run(
+    [
+      sys.executable,
+      "-m",
+      "byol_jax.main",
+      f"--config={REPO}/configs/linear_eval_cifar10.py",
+      f"--config.checkpoint={tmp_path}/nowhere",
+      f"--workdir={tmp_path}/eval",
+    ],
+    capture_output=True,
+    text=True,
+    env=dict(os.environ, JAX_PLATFORMS="cpu"),
+    timeout=300,
+  )
+  assert result.returncode == 2
+  assert result.stderr.strip().splitlines()[-1].startswith("error: Checkpoint path")
+  assert "does not exist" in result.stderr
+
+
+def test_configs_load_and_validate():
+  for name in ("linear_eval_r50", "linear_eval_cifar10", "finetune_r50", "byol_cifar10_cpu"):
+    module = tiny.load_config_module(name)
+    config = module.get_config("/data/cifar10/train") if name == "byol_cifar10_cpu" else None
+    config = config or module.get_config()
+    config.checkpoint = config.checkpoint or "/some/run"
+    config_base.validate_config(config)
+  assert module.get_config("/x").data.holdout == 5000
+  assert jax.device_count() == 8
