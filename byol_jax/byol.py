@@ -33,6 +33,7 @@ class TrainState(NamedTuple):
   target_params: hk.Params
   target_state: hk.State
   opt_state: optax.OptState
+  skipped_steps: jax.Array  # int32 scalar: updates dropped for a non-finite loss or update
 
 
 @dataclasses.dataclass(frozen=True)
@@ -46,6 +47,8 @@ class ByolHParams:
   weight_decay: float = 1.5e-6
   momentum: float = 0.9
   trust_coefficient: float = 1e-3
+  # Drop an update whose loss, gradient or update is not finite instead of applying it.
+  skip_nonfinite: bool = False
 
 
 def make_optimizer(hp: ByolHParams) -> optax.GradientTransformation:
@@ -77,6 +80,7 @@ def init_state(
     target_params=jax.tree.map(jnp.copy, target_params),
     target_state=jax.tree.map(jnp.copy, target_state),
     opt_state=optimizer.init(online_params),
+    skipped_steps=jnp.zeros((), jnp.int32),
   )
 
 
@@ -149,10 +153,14 @@ def make_update_fn(
     v2 = device_augment.to_float(batch["view2"])
     if device_colour_ops is not None:
       # One key per example from its position in the global batch, so the views do not depend
-      # on how the batch is spread over devices.
+      # on how the batch is spread over devices. The keys are threefry keys whatever the default
+      # PRNG: threefry's bits are the same under any vmap batching, "rbg"'s are not.
       n = v1.shape[0]
       offset = 0 if axis_name is None else jax.lax.axis_index(axis_name) * n
-      keys = jax.vmap(lambda i: jax.random.split(jax.random.fold_in(key, i)))(
+      base = jax.random.wrap_key_data(
+        jnp.ravel(jax.random.key_data(key))[:2].astype(jnp.uint32), impl="threefry2x32"
+      )
+      keys = jax.vmap(lambda i: jax.random.split(jax.random.fold_in(base, i)))(
         offset + jnp.arange(n)
       )
       v1 = _per_image_colour_ops(v1, keys[:, 0], device_colour_ops[0])
@@ -221,7 +229,17 @@ def make_update_fn(
       target_params=target_params,
       target_state=target_state,
       opt_state=opt_state,
+      skipped_steps=state.skipped_steps,
     )
+    if hp.skip_nonfinite:
+      finite = (
+        jnp.isfinite(loss)
+        & jnp.isfinite(metrics["grad_norm"])
+        & jnp.isfinite(optax.global_norm(updates))
+      )
+      # A dropped update leaves everything as it was but the step, so data and keys move on.
+      dropped = state._replace(step=state.step + 1, skipped_steps=state.skipped_steps + 1)
+      new_state = jax.tree.map(lambda new, old: jnp.where(finite, new, old), new_state, dropped)
     return new_state, metrics
 
   return update

@@ -93,9 +93,16 @@ def get_base_config() -> ml_collections.ConfigDict:
   c.optim.warmup_steps = -1  # >= 0 overrides warmup_epochs
   c.optim.tau_base = 0.996
 
+  # A workdir or checkpoint whose online encoder initialises a fresh run (the heads start anew).
+  c.init_encoder_from = ""
+
   c.batch_size = 4096  # global batch, across all devices and hosts
   c.num_epochs = 1000.0
   c.num_steps = -1  # > 0 overrides num_epochs
+
+  # > 0: drop updates with a non-finite loss, gradient or update, and stop once more than this
+  # many were dropped; 0: the first non-finite loss stops the run.
+  c.max_skipped_steps = 0
 
   c.log_every_steps = 100
   c.checkpoint_every_steps = 1000

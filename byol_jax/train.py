@@ -32,6 +32,7 @@ from byol_jax import (
   schedules,
   writers,
 )
+from byol_jax import encoder as encoder_lib
 from byol_jax.data import augment, pipeline, sources
 from byol_jax.errors import UserError
 
@@ -133,6 +134,7 @@ def hparams(config: ml_collections.ConfigDict, plan: RunPlan) -> byol.ByolHParam
     weight_decay=config.optim.weight_decay,
     momentum=config.optim.momentum,
     trust_coefficient=config.optim.trust_coefficient,
+    skip_nonfinite=config.max_skipped_steps > 0,
   )
 
 
@@ -178,15 +180,35 @@ def restore_or_init(
     if mismatch:
       raise UserError(
         f"The checkpoint in {checkpointer.directory} is of another architecture "
-        f"({'; '.join(mismatch)}): use the config it was trained with, or a fresh --workdir."
+        f"({'; '.join(mismatch)}): use the config it was trained with, or a fresh --workdir "
+        "(with --config.init_encoder_from=<that workdir> to start from its encoder)."
       )
 
   found = checkpointer.restore_latest_intact(state._asdict(), check_architecture)
   if found is None:
+    if config.init_encoder_from:
+      state = with_encoder_from(state, config)
     return state
   step, restored = found
   logging.info("Resumed from %s at step %d.", checkpointer.directory, step)
   return byol.TrainState(**restored)
+
+
+def with_encoder_from(state: byol.TrainState, config: ml_collections.ConfigDict) -> byol.TrainState:
+  """A fresh state whose online and target encoders start from another run's online encoder.
+
+  Only the encoder is taken (``config.init_encoder_from``: a workdir or checkpoint step folder),
+  so the heads may differ; the encoder architecture must match the config's.
+  """
+  weights = encoder_lib.restore_encoder(config.init_encoder_from)
+  encoder_lib.check_architecture(weights.spec, config.model, weights.source)
+  logging.info("Encoder initialised from %s.", weights.source)
+  return state._replace(
+    online_params={**state.online_params, **weights.params},
+    online_state={**state.online_state, **weights.state},
+    target_params={**state.target_params, **weights.params},
+    target_state={**state.target_state, **weights.state},
+  )
 
 
 def pretrain(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:
@@ -273,7 +295,11 @@ def pretrain(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float
         is_ckpt = step % config.checkpoint_every_steps == 0 or step == plan.total_steps
         if is_log or is_ckpt:
           scalars = {k: float(v) for k, v in parallel.unreplicate(metrics).items()}
-          check_finite(step, scalars)
+          if config.max_skipped_steps > 0:
+            scalars["skipped_steps"] = float(parallel.unreplicate(state.skipped_steps))
+            check_skipped(step, int(scalars["skipped_steps"]), config.max_skipped_steps)
+          else:
+            check_finite(step, scalars)
           if is_log:
             scalars["images_per_s"] = progress.update(step, scalars)
             writer.write(step, scalars)
@@ -308,6 +334,15 @@ def pretrain(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float
       flush=True,
     )
   return last
+
+
+def check_skipped(step: int, skipped: int, limit: int) -> None:
+  if skipped > limit:
+    raise UserError(
+      f"{skipped} updates were dropped for non-finite values by step {step}, more than "
+      f"config.max_skipped_steps={limit}; the last good checkpoint is kept: lower "
+      "--config.optim.base_lr or check the data."
+    )
 
 
 def check_finite(step: int, scalars: dict[str, float]) -> None:

@@ -21,23 +21,21 @@ from byol_jax.errors import UserError
 
 def tiny_config(**overrides):
   """The shared tiny pretraining config, with the monitor, probe and short evaluations on."""
-  return tiny.tiny_config(
-    **{
-      "data.synthetic_classes": 4,
-      "num_steps": 4,
-      "optim.warmup_steps": 1,
-      "log_every_steps": 2,
-      "checkpoint_every_steps": 4,
-      "eval.knn_every_steps": 2,
-      "eval.knn_k": 20,
-      "eval.knn_train_examples": 48,
-      "eval.online_probe_classes": 4,
-      "eval.batch_size": 16,
-      "eval.num_steps": 2,
-      "eval.log_every_steps": 1,
-    },
-    **overrides,
-  )
+  defaults = {
+    "data.synthetic_classes": 4,
+    "num_steps": 4,
+    "optim.warmup_steps": 1,
+    "log_every_steps": 2,
+    "checkpoint_every_steps": 4,
+    "eval.knn_every_steps": 2,
+    "eval.knn_k": 20,
+    "eval.knn_train_examples": 48,
+    "eval.online_probe_classes": 4,
+    "eval.batch_size": 16,
+    "eval.num_steps": 2,
+    "eval.log_every_steps": 1,
+  }
+  return tiny.tiny_config(**{**defaults, **overrides})
 
 
 @pytest.fixture(scope="module")

@@ -88,6 +88,31 @@ def test_divergence_stops_and_keeps_the_last_good_checkpoint(tmp_path):
     assert all(np.all(np.isfinite(x)) for x in jax.tree.leaves(state))
 
 
+def test_non_finite_updates_are_dropped_up_to_a_limit(tmp_path):
+  workdir = str(tmp_path)
+  config = tiny_config(
+    **{
+      "optim.base_lr": 1e38,
+      "optim.warmup_steps": 0,
+      "checkpoint_every_steps": 1,
+      "max_skipped_steps": 2,
+    }
+  )
+  # Every update overflows: each is dropped, and the third drop ends the run.
+  with pytest.raises(UserError, match="3 updates were dropped"):
+    train.pretrain(config, workdir)
+  records = read_metrics(workdir)
+  assert [r["skipped_steps"] for r in records] == [1.0, 2.0]
+  state = final_state(workdir, config)
+  assert int(state["step"]) == 2
+  assert int(state["skipped_steps"]) == 2
+  initial = train.initial_state(
+    config, train.byol.make_optimizer(train.hparams(config, train.plan_run(config, 64)))
+  )
+  # Nothing was applied: the parameters are still the initial ones.
+  jax.tree.map(np.testing.assert_array_equal, state["online_params"], initial.online_params)
+
+
 def test_batch_size_must_split_over_devices(tmp_path):
   with pytest.raises(UserError, match="not divisible by the 8 devices"):
     train.pretrain(tiny_config(batch_size=12), str(tmp_path))
@@ -124,3 +149,22 @@ def test_damaged_latest_checkpoint_falls_back_to_the_previous(tmp_root, capsys):
   assert step == 3
   assert "checkpoint 6 is damaged" in capsys.readouterr().out
   jax.tree.map(np.testing.assert_array_equal, state, template)
+
+
+def test_encoder_only_warm_start_from_another_architecture(tmp_root):
+  full = uninterrupted(tmp_root)
+  other_heads = {"model.projector_output": 8, "num_steps": 1}
+  workdir = os.path.join(tmp_root, "warm")
+  train.pretrain(tiny_config(init_encoder_from=full, **other_heads), workdir)
+  trained = final_state(full, tiny_config())
+  # The first step's learning rate is 0 (warm-up), so the checkpoint after it holds exactly the
+  # encoder it started from: the trained one, with new heads of the new size.
+  warm = final_state(workdir, tiny_config(**other_heads))
+  # Online and target encoders both start from the trained online encoder (the target's EMA of
+  # two equal values is that value, up to rounding).
+  close = functools.partial(np.testing.assert_allclose, rtol=1e-6, atol=1e-7)
+  for part in ("online_params", "target_params"):
+    for module, leaves in warm[part].items():
+      if module.startswith("res_net_tiny"):
+        jax.tree.map(close, leaves, trained["online_params"][module])
+  assert warm["online_params"]["projector/linear_1"]["w"].shape[-1] == 8

@@ -23,27 +23,24 @@ def set_fields(config, **overrides):
 def tiny_config(**overrides):
   """A pretraining config that compiles and runs in seconds on the CPU (batch 16, 6 steps)."""
   c = config_base.get_base_config()
-  return set_fields(
-    c,
-    **{
-      "data.source": "synthetic",
-      "data.synthetic_examples": 64,
-      "data.image_size": 16,
-      "data.eval_resize": 16,
-      "model.encoder": "tiny",
-      "model.small_image_stem": True,
-      "model.projector_hidden": 32,
-      "model.projector_output": 16,
-      "model.predictor_hidden": 32,
-      "batch_size": 16,
-      "num_steps": 6,
-      "optim.base_lr": 2.0,
-      "optim.warmup_steps": 2,
-      "log_every_steps": 1,
-      "checkpoint_every_steps": 3,
-    },
-    **overrides,
-  )
+  defaults = {
+    "data.source": "synthetic",
+    "data.synthetic_examples": 64,
+    "data.image_size": 16,
+    "data.eval_resize": 16,
+    "model.encoder": "tiny",
+    "model.small_image_stem": True,
+    "model.projector_hidden": 32,
+    "model.projector_output": 16,
+    "model.predictor_hidden": 32,
+    "batch_size": 16,
+    "num_steps": 6,
+    "optim.base_lr": 2.0,
+    "optim.warmup_steps": 2,
+    "log_every_steps": 1,
+    "checkpoint_every_steps": 3,
+  }
+  return set_fields(c, **{**defaults, **overrides})
 
 
 def load_config_module(name):
