@@ -1,10 +1,11 @@
 """Checkpoints of the full training state with Orbax, plus the config that produced them.
 
 Each checkpoint is a step folder under ``<workdir>/checkpoints`` holding two items: ``state`` (a
-tree of numpy arrays: online and target parameters and BatchNorm state, optimiser state, step and
-the run's base PRNG key) and ``config`` (the run's config as JSON, so a checkpoint can be loaded
-without the config file at hand). Orbax writes each step into a temporary folder and renames it
-when complete, so an interrupted save never damages an earlier checkpoint.
+tree of numpy arrays: online and target parameters and BatchNorm state, optimiser state, step) and
+``config`` (the run's config as JSON, so a checkpoint can be loaded without the config file at
+hand; every random draw is keyed by its ``seed`` and the step, so no PRNG state needs saving).
+Saves are synchronous, and Orbax writes each step into a temporary folder that it renames when
+complete, so an interrupted save never damages an earlier checkpoint.
 """
 
 from __future__ import annotations
@@ -93,7 +94,12 @@ class Checkpointer:
     self.directory = os.path.abspath(directory)
     self._manager = ocp.CheckpointManager(
       self.directory,
-      options=ocp.CheckpointManagerOptions(max_to_keep=keep, create=True),
+      # Synchronous saves: when save() returns the checkpoint is complete, so a kill at any
+      # later moment loses at most the steps since it (the state is small next to a step's
+      # work between checkpoints).
+      options=ocp.CheckpointManagerOptions(
+        max_to_keep=keep, create=True, enable_async_checkpointing=False
+      ),
       item_handlers=dict(state=ocp.StandardCheckpointHandler(), config=ocp.JsonCheckpointHandler()),
     )
 
