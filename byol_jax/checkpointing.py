@@ -25,11 +25,12 @@ from byol_jax.errors import UserError
 CHECKPOINT_SUBDIR = "checkpoints"
 
 
-def _flat_dict(tree: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+def flat_dict(tree: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+  """A nested dict (a config) with dotted keys: ``{"model.encoder": ..., ...}``."""
   out = {}
   for key, value in tree.items():
     if isinstance(value, Mapping):
-      out.update(_flat_dict(value, f"{prefix}{key}."))
+      out.update(flat_dict(value, f"{prefix}{key}."))
     else:
       out[f"{prefix}{key}"] = value
   return out
@@ -37,8 +38,8 @@ def _flat_dict(tree: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
 
 def architecture_mismatch(saved: Mapping[str, Any], wanted: Mapping[str, Any]) -> list[str]:
   """Lists the ``model.*`` fields that differ between two configs (as plain dicts)."""
-  a = _flat_dict(saved.get("model", {}), "model.")
-  b = _flat_dict(wanted.get("model", {}), "model.")
+  a = flat_dict(saved.get("model", {}), "model.")
+  b = flat_dict(wanted.get("model", {}), "model.")
   return [
     f"{k}: checkpoint {a.get(k)!r} vs config {b.get(k)!r}"
     for k in sorted(set(a) | set(b))

@@ -178,20 +178,12 @@ def restore_encoder(path: str) -> EncoderWeights:
 
 def _flatten(saved: Mapping[str, Any], base: ml_collections.ConfigDict) -> dict[str, Any]:
   """Flattens a saved config to dotted keys the base config knows (newer or older fields drop)."""
-  known = set(_dotted(base.to_dict()))
+  known = set(checkpointing.flat_dict(base.to_dict()))
   return {
-    k: (tuple(v) if isinstance(v, list) else v) for k, v in _dotted(saved).items() if k in known
+    k: (tuple(v) if isinstance(v, list) else v)
+    for k, v in checkpointing.flat_dict(saved).items()
+    if k in known
   }
-
-
-def _dotted(tree: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
-  out = {}
-  for k, v in tree.items():
-    if isinstance(v, Mapping):
-      out.update(_dotted(v, f"{prefix}{k}."))
-    else:
-      out[f"{prefix}{k}"] = v
-  return out
 
 
 def encode_fn(
