@@ -204,20 +204,25 @@ def _feature_batches(
     yield features[idx], labels[idx]
 
 
-def linear_eval(config: ml_collections.ConfigDict, workdir: str) -> dict:
-  """The paper's linear evaluation of ``config.checkpoint``; returns (and writes) the results."""
+def _checkpoint_and_sources(config: ml_collections.ConfigDict, task: str):
+  """The common start of linear evaluation and fine-tuning: the checkpoint's encoder, and the
+  labelled training and held-out sources with their number of classes."""
   config_base.validate_config(config)
   weights = encoder_lib.restore_encoder(config.checkpoint)
   encoder_lib.check_architecture(weights.spec, config.model, weights.source)
-  batch_size = config.eval.batch_size
-  train.check_devices(batch_size)
-  image_size, resize = config.data.image_size, config.data.eval_resize
-
+  train.check_devices(config.eval.batch_size)
   train_src = train.make_source(config, config.data.train_split)
-  require_labels(train_src, "Linear evaluation")
+  require_labels(train_src, task)
   test_src = heldout_source(config)
-  require_labels(test_src, "Linear evaluation")
-  num_classes = max(train_src.num_classes, test_src.num_classes)
+  require_labels(test_src, task)
+  return weights, train_src, test_src, max(train_src.num_classes, test_src.num_classes)
+
+
+def linear_eval(config: ml_collections.ConfigDict, workdir: str) -> dict:
+  """The paper's linear evaluation of ``config.checkpoint``; returns (and writes) the results."""
+  weights, train_src, test_src, num_classes = _checkpoint_and_sources(config, "Linear evaluation")
+  batch_size = config.eval.batch_size
+  image_size, resize = config.data.image_size, config.data.eval_resize
   base_lrs = [float(lr) for lr in config.eval.base_lrs]
   val_src = None
   if len(base_lrs) > 1:
@@ -400,18 +405,9 @@ def make_finetune_step(network: hk.TransformedWithState, peak_lr: float, optimiz
 
 def finetune(config: ml_collections.ConfigDict, workdir: str) -> dict:
   """Fine-tunes ``config.checkpoint`` on ``eval.label_fraction`` of the labels; returns results."""
-  config_base.validate_config(config)
-  weights = encoder_lib.restore_encoder(config.checkpoint)
-  encoder_lib.check_architecture(weights.spec, config.model, weights.source)
+  weights, full, test_src, num_classes = _checkpoint_and_sources(config, "Fine-tuning")
   batch_size = config.eval.batch_size
-  train.check_devices(batch_size)
   image_size, resize = config.data.image_size, config.data.eval_resize
-
-  full = train.make_source(config, config.data.train_split)
-  require_labels(full, "Fine-tuning")
-  test_src = heldout_source(config)
-  require_labels(test_src, "Fine-tuning")
-  num_classes = max(full.num_classes, test_src.num_classes)
   labels = source_labels(full)
   chosen = choose_label_subset(labels, config.eval.label_fraction, config.eval.label_seed)
   if jax.process_index() == 0:
