@@ -132,21 +132,36 @@ def make_update_fn(
   axis_name: str | None = "batch",
   device_colour_ops: tuple[device_augment.AugmentParams, device_augment.AugmentParams]
   | None = None,
+  grad_accum_steps: int = 1,
 ) -> Callable[[TrainState, Batch, jax.Array], tuple[TrainState, Metrics]]:
   """Builds the BYOL update step.
 
+  With ``grad_accum_steps = k > 1`` each device splits its share of the batch into k equal
+  micro-batches (consecutive examples) and runs the target forward pass and the online forward
+  and backward passes on one micro-batch at a time (a ``lax.scan``, so activations are held for
+  one micro-batch only). The gradients, the loss and the probe metrics are averaged over the
+  micro-batches, then the optimiser and the target EMA are updated once. BatchNorm normalises
+  each micro-batch with that micro-batch's statistics (over all devices: micro-batch i of every
+  device together), and its moving averages, online and target, are updated once per micro-batch
+  in sequence, i.e. k times per step. Without BatchNorm, k micro-batches give the update of one
+  k-times larger batch.
+
   Args:
-    network: from :func:`byol_jax.models.make_byol_network`, built with the same ``axis_name``.
+    network: from :func:`byol_jax.models.make_byol_network` (optionally wrapped by
+      :func:`byol_jax.precision.mixed_precision`), built with the same ``axis_name``.
     optimizer: from :func:`make_optimizer`.
     hp: hyperparameters (for the τ and learning-rate schedules reported in the metrics).
     axis_name: the ``pmap`` axis spanning all devices; None to run without ``pmap``.
     device_colour_ops: (T, T') parameters to apply colour jitter, grayscale, blur and
       solarisation inside the step; None when the input pipeline already did.
+    grad_accum_steps: micro-batches per update; must divide the per-device batch.
 
   Returns:
     ``update(state, batch, rng) -> (state, metrics)``. ``batch`` holds ``view1`` and ``view2``
     images in [0, 1] (float or uint8) of this device's share of the global batch.
   """
+  if grad_accum_steps < 1:
+    raise ValueError(f"grad_accum_steps={grad_accum_steps} must be a positive integer.")
 
   def prepare_views(batch: Batch, key: jax.Array) -> tuple[jax.Array, jax.Array]:
     v1 = device_augment.to_float(batch["view1"])
@@ -191,18 +206,58 @@ def make_update_fn(
       total = loss + probe["probe_loss"]
     return total, (online_state, out_1["projection"], loss, probe)
 
-  def update(state: TrainState, batch: Batch, rng: jax.Array) -> tuple[TrainState, Metrics]:
-    views = prepare_views(batch, jax.random.fold_in(rng, state.step))
+  def gradients(state: TrainState, online_state, target_state, views, labels):
+    """Gradients and metrics of one (micro-)batch, and the BatchNorm states after it."""
     # The target is evaluated outside the differentiated function: no gradient can reach it and
     # its activations are not kept for the backward pass.
-    target_outs, target_state = forward(state.target_params, state.target_state, views, False)
+    target_outs, target_state = forward(state.target_params, target_state, views, False)
     target_projections = [jax.lax.stop_gradient(o["projection"]) for o in target_outs]
+    (_, (online_state, projection, loss, probe)), grads = jax.value_and_grad(loss_fn, has_aux=True)(
+      state.online_params, online_state, views, target_projections, labels
+    )
+    return grads, (loss, probe, projection), (online_state, target_state)
+
+  def accumulated_gradients(state: TrainState, views, labels):
+    """:func:`gradients` averaged over ``grad_accum_steps`` micro-batches, scanned in sequence."""
+    k = grad_accum_steps
+
+    def split(x: jax.Array) -> jax.Array:
+      return x.reshape(k, x.shape[0] // k, *x.shape[1:])
+
+    def body(carry, micro):
+      grad_sum, online_state, target_state = carry
+      v1, v2, micro_labels = micro
+      grads, outputs, (online_state, target_state) = gradients(
+        state, online_state, target_state, (v1, v2), micro_labels
+      )
+      grad_sum = jax.tree.map(jnp.add, grad_sum, grads)
+      return (grad_sum, online_state, target_state), outputs
+
+    zeros = jax.tree.map(jnp.zeros_like, state.online_params)
+    (grad_sum, online_state, target_state), (loss, probe, projection) = jax.lax.scan(
+      body,
+      (zeros, state.online_state, state.target_state),
+      (split(views[0]), split(views[1]), split(labels)),
+    )
+    grads = jax.tree.map(lambda g: g / k, grad_sum)
+    probe = jax.tree.map(jnp.mean, probe)
+    # The projections of all micro-batches, so the spread metric is that of the whole batch.
+    projection = projection.reshape(-1, *projection.shape[2:])
+    return grads, (jnp.mean(loss), probe, projection), (online_state, target_state)
+
+  def update(state: TrainState, batch: Batch, rng: jax.Array) -> tuple[TrainState, Metrics]:
+    views = prepare_views(batch, jax.random.fold_in(rng, state.step))
     labels = batch.get("label")
     if labels is None:
       labels = -jnp.ones(views[0].shape[:1], jnp.int32)
-    (_, (online_state, projection, loss, probe)), grads = jax.value_and_grad(loss_fn, has_aux=True)(
-      state.online_params, state.online_state, views, target_projections, labels
-    )
+    if grad_accum_steps == 1:
+      grads, (loss, probe, projection), (online_state, target_state) = gradients(
+        state, state.online_state, state.target_state, views, labels
+      )
+    else:
+      grads, (loss, probe, projection), (online_state, target_state) = accumulated_gradients(
+        state, views, labels
+      )
     if axis_name is not None:
       loss, grads = jax.lax.pmean((loss, grads), axis_name)
 

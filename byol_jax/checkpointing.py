@@ -36,6 +36,11 @@ def flat_dict(tree: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
   return out
 
 
+# ``model.*`` fields that change how the network computes but not its parameters: a run may resume
+# with other values (e.g. bfloat16 compute on a GPU after float32 on a CPU).
+NON_ARCHITECTURE_FIELDS = ("model.compute_dtype", "model.conv_impl")
+
+
 def architecture_mismatch(saved: Mapping[str, Any], wanted: Mapping[str, Any]) -> list[str]:
   """Lists the ``model.*`` fields that differ between two configs (as plain dicts)."""
   a = flat_dict(saved.get("model", {}), "model.")
@@ -43,7 +48,7 @@ def architecture_mismatch(saved: Mapping[str, Any], wanted: Mapping[str, Any]) -
   return [
     f"{k}: checkpoint {a.get(k)!r} vs config {b.get(k)!r}"
     for k in sorted(set(a) | set(b))
-    if a.get(k) != b.get(k)
+    if a.get(k) != b.get(k) and k not in NON_ARCHITECTURE_FIELDS
   ]
 
 

@@ -42,6 +42,8 @@ CHECKPOINT_MODES = ("linear_eval", "finetune", "embed", "export_torch")
 # config.model.encoder value of evaluation configs: take the architecture from the checkpoint.
 FROM_CHECKPOINT = "checkpoint"
 SOURCES = ("synthetic", "tfds", "folder")
+COMPUTE_DTYPES = ("float32", "bfloat16", "auto")  # see config.model.compute_dtype
+CONV_IMPLS = ("auto", "matmul", "xla")  # see config.model.conv_impl
 
 
 def get_base_config() -> ml_collections.ConfigDict:
@@ -62,6 +64,10 @@ def get_base_config() -> ml_collections.ConfigDict:
   c.data.eval_split = "test"
   c.data.image_size = 32  # training resolution of the views
   c.data.eval_resize = 32  # eval: resize the short side to this, then centre-crop image_size
+  # Centre crop of a pretraining run's evaluation views (kNN monitor, load_encoder); 0: image_size.
+  # Training on small random crops and evaluating at full size is cheap and works well
+  # (configs/byol_cifar10_cpu.py trains at 16 px and evaluates at 32 px).
+  c.data.eval_image_size = 0
   c.data.synthetic_examples = 2048
   c.data.synthetic_classes = 10
   c.data.host_colour_ops = True  # False: colour, blur and solarise run on the device
@@ -83,6 +89,15 @@ def get_base_config() -> ml_collections.ConfigDict:
   c.model.predictor_hidden = 4096
   c.model.bn_decay = 0.9
   c.model.bn_eps = 1e-5
+  # Dtype of convolutions and matrix products: "float32", "bfloat16" or "auto" (bfloat16 on
+  # GPU/TPU, float32 on CPU). Parameters, BatchNorm statistics, the loss and the optimiser state
+  # stay float32 either way; changing it does not change the architecture (a run may resume with
+  # another value).
+  c.model.compute_dtype = "auto"
+  # How convolutions compute: "matmul" (patches x kernel, several times faster on XLA:CPU), "xla"
+  # (XLA's own convolutions, best on GPU/TPU) or "auto" (matmul on CPU, xla elsewhere). The same
+  # parameters and results either way.
+  c.model.conv_impl = "auto"
 
   c.optim = ml_collections.ConfigDict()
   c.optim.base_lr = 0.2  # lr = base_lr * batch_size / 256
@@ -92,6 +107,12 @@ def get_base_config() -> ml_collections.ConfigDict:
   c.optim.warmup_epochs = 10.0
   c.optim.warmup_steps = -1  # >= 0 overrides warmup_epochs
   c.optim.tau_base = 0.996
+  # Gradient accumulation: each device runs its share of config.batch_size in this many
+  # micro-batches, one after the other, and the optimiser and target network are updated once.
+  # The batch (and so the learning rate) is unchanged and memory is that of one micro-batch.
+  # BatchNorm normalises with each micro-batch's statistics (over all devices) and updates its
+  # moving averages once per micro-batch, so they move this many times per step.
+  c.optim.grad_accum_steps = 1
 
   # A workdir or checkpoint whose online encoder initialises a fresh run (the heads start anew).
   c.init_encoder_from = ""
@@ -137,6 +158,11 @@ def get_base_config() -> ml_collections.ConfigDict:
   # number of classes (that of the labelled training data), 0 = off.
   c.eval.online_probe_classes = 0
   return c
+
+
+def eval_image_size(data: ml_collections.ConfigDict) -> int:
+  """The centre-crop size of evaluation views for a run whose data section is ``data``."""
+  return int(data.get("eval_image_size", 0) or data.image_size)
 
 
 def validate_config(config: ml_collections.ConfigDict) -> None:
@@ -188,12 +214,25 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
   )
   check(config.eval.knn_temperature > 0, "config.eval.knn_temperature must be positive.")
   check(
+    config.model.conv_impl in CONV_IMPLS,
+    f"config.model.conv_impl={config.model.conv_impl!r} is not one of {CONV_IMPLS}.",
+  )
+  check(
     config.model.width_multiplier >= 1,
     "config.model.width_multiplier must be a positive integer (1, 2, 4).",
   )
   check(config.batch_size > 0, f"config.batch_size={config.batch_size} must be positive.")
   check(config.data.image_size >= 8, "config.data.image_size must be at least 8 pixels.")
   check(config.optim.base_lr > 0, "config.optim.base_lr must be positive.")
+  check(
+    config.optim.grad_accum_steps >= 1,
+    f"config.optim.grad_accum_steps={config.optim.grad_accum_steps} must be a positive integer "
+    "dividing the per-device batch (1 = no accumulation).",
+  )
+  check(
+    config.model.compute_dtype in COMPUTE_DTYPES,
+    f"config.model.compute_dtype={config.model.compute_dtype!r} is not one of {COMPUTE_DTYPES}.",
+  )
   check(0.0 <= config.optim.tau_base <= 1.0, "config.optim.tau_base must lie in [0, 1].")
   check(
     config.num_steps > 0 or config.num_epochs > 0,

@@ -187,13 +187,23 @@ def _flatten(saved: Mapping[str, Any], base: ml_collections.ConfigDict) -> dict[
 
 
 def encode_fn(
-  spec: models.EncoderSpec, *, bn_decay: float = 0.9, bn_eps: float = 1e-5
+  spec: models.EncoderSpec,
+  *,
+  bn_decay: float = 0.9,
+  bn_eps: float = 1e-5,
+  conv_impl: str = "auto",
 ) -> Callable[[hk.Params, hk.State, jax.Array], jax.Array]:
   """``f(params, state, images) -> features``: images in [0, 1] (or uint8), inference-mode BN.
 
   Pure and unmapped: ``jax.jit`` or ``jax.pmap`` it. Applies the model's normalisation.
+  ``conv_impl`` as ``config.model.conv_impl`` ("auto": the fastest on the default backend).
   """
-  net = models.make_encoder_network(spec, bn_decay=bn_decay, bn_eps=bn_eps)
+  net = models.make_encoder_network(
+    spec,
+    bn_decay=bn_decay,
+    bn_eps=bn_eps,
+    conv_impl=models.resolve_conv_impl(conv_impl, jax.default_backend()),
+  )
 
   def encode(params: hk.Params, state: hk.State, images: jax.Array) -> jax.Array:
     images = device_augment.normalize(device_augment.to_float(images))
@@ -255,7 +265,7 @@ class Encoder:
     self.weights = weights
     self.spec = weights.spec
     self.step = weights.step
-    self.image_size = int(image_size or weights.config.data.image_size)
+    self.image_size = int(image_size or config_base.eval_image_size(weights.config.data))
     self.resize_size = int(resize_size or weights.config.data.eval_resize)
     self.batch_size = batch_size
     self._params = jax.device_put(weights.params)

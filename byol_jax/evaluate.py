@@ -228,7 +228,12 @@ def linear_eval(config: ml_collections.ConfigDict, workdir: str) -> dict:
   if len(base_lrs) > 1:
     train_src, val_src = split_off(train_src, config, config.eval.val_examples, config.seed)
 
-  encode = encoder_lib.encode_fn(weights.spec, bn_decay=weights.bn_decay, bn_eps=weights.bn_eps)
+  encode = encoder_lib.encode_fn(
+    weights.spec,
+    bn_decay=weights.bn_decay,
+    bn_eps=weights.bn_eps,
+    conv_impl=config.model.conv_impl,
+  )
   p_encode = jax.pmap(encode, axis_name=AXIS)
   enc_params = parallel.replicate(weights.params)
   enc_state = parallel.replicate(weights.state)
@@ -433,10 +438,17 @@ def finetune(config: ml_collections.ConfigDict, workdir: str) -> dict:
       train_src, config, min(config.eval.val_examples, train_src.num_examples // 5), config.seed
     )
 
+  conv_impl = models.resolve_conv_impl(config.model.conv_impl, jax.default_backend())
   network = models.make_encoder_network(
-    weights.spec, bn_decay=weights.bn_decay, bn_eps=weights.bn_eps, axis_name=AXIS
+    weights.spec,
+    bn_decay=weights.bn_decay,
+    bn_eps=weights.bn_eps,
+    axis_name=AXIS,
+    conv_impl=conv_impl,
   )
-  encode = encoder_lib.encode_fn(weights.spec, bn_decay=weights.bn_decay, bn_eps=weights.bn_eps)
+  encode = encoder_lib.encode_fn(
+    weights.spec, bn_decay=weights.bn_decay, bn_eps=weights.bn_eps, conv_impl=conv_impl
+  )
   p_encode = jax.pmap(encode, axis_name=AXIS)
   dim = encoder_lib.Encoder(weights, image_size, resize).dim
   total = _num_steps(config, train_src.num_examples)

@@ -8,13 +8,16 @@ layout is the optional name of the axis over which BatchNorm averages its statis
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
-from collections.abc import Mapping, Sequence
+import functools
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any
 
 import haiku as hk
 import jax
 import jax.numpy as jnp
+from jax import lax
 
 # depth -> (blocks per group, bottleneck blocks)
 RESNET_DEPTHS: dict[str, tuple[tuple[int, ...], bool]] = {
@@ -46,6 +49,36 @@ class HeadSpec:
   projector_hidden: int = 4096
   projector_output: int = 256
   predictor_hidden: int = 4096
+
+
+def _same_padding(size: int, kernel: int, stride: int) -> tuple[int, int]:
+  """TensorFlow/Haiku SAME padding: the extra pixel, if any, goes after (bottom/right)."""
+  out = -(-size // stride)
+  total = max((out - 1) * stride + kernel - size, 0)
+  return total // 2, total - total // 2
+
+
+def _max_pool_axis(x: jax.Array, axis: int, window: int, stride: int) -> jax.Array:
+  """Max-pooling along one axis with SAME padding: the maximum of ``window`` strided slices."""
+  size = x.shape[axis]
+  out = -(-size // stride)
+  pads = [(0, 0)] * x.ndim
+  pads[axis] = _same_padding(size, window, stride)
+  x = jnp.pad(x, pads, constant_values=-jnp.inf)
+  views = [
+    lax.slice_in_dim(x, tap, tap + (out - 1) * stride + 1, stride, axis) for tap in range(window)
+  ]
+  return functools.reduce(jnp.maximum, views)
+
+
+def max_pool_same(x: jax.Array, window: int, stride: int) -> jax.Array:
+  """NHWC max-pooling with SAME padding, pooled along height and then along width.
+
+  Equal to ``hk.max_pool`` (forward, and backward wherever the maximum is unique). Separable
+  slices and maxima make a forward and backward pass of elementwise selects, ~1.7x faster on
+  XLA:CPU than the reduce-window form, whose gradient becomes index bookkeeping and a scatter.
+  """
+  return _max_pool_axis(_max_pool_axis(x, 1, window, stride), 2, window, stride)
 
 
 class ResNetEncoder(hk.Module):
@@ -110,7 +143,7 @@ class ResNetEncoder(hk.Module):
     out = self._initial_batchnorm(out, is_training=is_training)
     out = jax.nn.relu(out)
     if not self._small_image_stem:
-      out = hk.max_pool(out, window_shape=(1, 3, 3, 1), strides=(1, 2, 2, 1), padding="SAME")
+      out = max_pool_same(out, window=3, stride=2)
     for group in self._groups:
       out = group(out, is_training, False)
     return jnp.mean(out, axis=(1, 2))
@@ -145,6 +178,130 @@ def make_encoder(spec: EncoderSpec, bn_config: Mapping[str, Any]) -> ResNetEncod
   )
 
 
+CONV_IMPLS = ("xla", "matmul")
+
+
+def _tap_windows(
+  in_size: int, out_size: int, kernel: int, stride: int, pad_before: int
+) -> list[tuple[int, int]]:
+  """For each kernel tap along one axis, the output range [first, last] it meets the input in."""
+  windows = []
+  for tap in range(kernel):
+    first = max(0, -(-(pad_before - tap) // stride))
+    last = min(out_size - 1, (in_size - 1 + pad_before - tap) // stride)
+    windows.append((first, last))
+  return windows
+
+
+def conv2d_as_matmul(
+  x: jax.Array,
+  w: jax.Array,
+  stride: Sequence[int],
+  padding: str | Sequence[tuple[int, int]],
+) -> jax.Array:
+  """A 2-D NHWC convolution computed with matrix products.
+
+  Equal to ``lax.conv_general_dilated(x, w, stride, padding, dimension_numbers=("NHWC", "HWIO",
+  "NHWC"))``. On large feature maps it is one product over gathered patches (im2col): ``kh * kw``
+  strided slices of the padded input, concatenated along channels. On small ones (a ResNet's last
+  stages: 4x4 and 2x2 at 64x64 inputs) most patch entries would be padding, so each kernel tap is
+  instead its own product over the input window it meets, padded into place and summed, which
+  wastes no work. Either way forward and backward passes are large matrix products plus cheap
+  slicing: XLA:CPU runs those near its matmul speed, while its direct convolutions reach only a
+  few percent of it on a ResNet's small-spatial, many-channel layers.
+  """
+  kh, kw, cin, cout = w.shape
+  n, h, wd, c = x.shape
+  if c != cin:
+    raise ValueError(f"Input has {c} channels, the kernel expects {cin}.")
+  sh, sw = stride
+  if isinstance(padding, str):
+    if padding == "SAME":
+      pads = [_same_padding(h, kh, sh), _same_padding(wd, kw, sw)]
+    elif padding == "VALID":
+      pads = [(0, 0), (0, 0)]
+    else:
+      raise ValueError(f"Unsupported padding {padding!r}.")
+  else:
+    pads = [tuple(p) for p in padding]
+  oh = (h + sum(pads[0]) - kh) // sh + 1
+  ow = (wd + sum(pads[1]) - kw) // sw + 1
+  if kh == kw == 1 and pads == [(0, 0), (0, 0)]:
+    return x[:, ::sh, ::sw, :] @ w[0, 0]
+  rows = _tap_windows(h, oh, kh, sh, pads[0][0])
+  cols = _tap_windows(wd, ow, kw, sw, pads[1][0])
+  useful = sum(max(0, r1 - r0 + 1) for r0, r1 in rows) * sum(max(0, c1 - c0 + 1) for c0, c1 in cols)
+  if useful * 1.3 < kh * kw * oh * ow:  # im2col would spend over 30% on padding
+    out = jnp.zeros((n, oh, ow, cout), jnp.result_type(x, w))
+    for i, (r0, r1) in enumerate(rows):
+      for j, (c0, c1) in enumerate(cols):
+        if r1 < r0 or c1 < c0:
+          continue
+        start = (0, r0 * sh + i - pads[0][0], c0 * sw + j - pads[1][0], 0)
+        limit = (n, r1 * sh + i - pads[0][0] + 1, c1 * sw + j - pads[1][0] + 1, c)
+        y = lax.slice(x, start, limit, (1, sh, sw, 1)) @ w[i, j]
+        out = out + jnp.pad(y, ((0, 0), (r0, oh - 1 - r1), (c0, ow - 1 - c1), (0, 0)))
+    return out
+  xp = jnp.pad(x, ((0, 0), pads[0], pads[1], (0, 0)))
+  patches = jnp.concatenate(
+    [
+      lax.slice(
+        xp, (0, i, j, 0), (n, i + (oh - 1) * sh + 1, j + (ow - 1) * sw + 1, c), (1, sh, sw, 1)
+      )
+      for i in range(kh)
+      for j in range(kw)
+    ],
+    axis=-1,
+  )
+  return patches @ w.reshape(kh * kw * cin, cout)
+
+
+def _matmul_conv_interceptor(next_f: Callable, args, kwargs, context: hk.MethodContext):
+  """Runs ``hk.Conv2D`` layers through :func:`conv2d_as_matmul`, with the same parameters."""
+  module = context.module
+  if (
+    context.method_name != "__call__"
+    or type(module) is not hk.Conv2D
+    or hk.running_init()  # let Haiku create (and initialise) the parameters itself
+    or module.channel_index != -1
+    or module.feature_group_count != 1
+    or module.mask is not None
+    or any(d != 1 for d in module.kernel_dilation)
+    or kwargs.get("precision") is not None
+    or args[0].ndim != 4
+  ):
+    return next_f(*args, **kwargs)
+  x = args[0]
+  w = hk.get_parameter("w", (*module.kernel_shape, x.shape[-1], module.output_channels), x.dtype)
+  out = conv2d_as_matmul(x, w, module.stride, module.padding)
+  if module.with_bias:
+    out = out + hk.get_parameter("b", (module.output_channels,), x.dtype)
+  return out
+
+
+@contextlib.contextmanager
+def conv_implementation(impl: str) -> Iterator[None]:
+  """Context (inside a Haiku transform) choosing how ``hk.Conv2D`` layers compute.
+
+  ``"xla"``: XLA's convolution (best on GPU/TPU). ``"matmul"``: :func:`conv2d_as_matmul`, several
+  times faster on XLA:CPU. Parameters, their names and the results are the same either way.
+  """
+  if impl not in CONV_IMPLS:
+    raise ValueError(f"Unknown conv_impl {impl!r}; expected one of {CONV_IMPLS}.")
+  if impl == "xla":
+    yield
+    return
+  with hk.intercept_methods(_matmul_conv_interceptor):
+    yield
+
+
+def resolve_conv_impl(impl: str, backend: str) -> str:
+  """``"auto"`` -> ``"matmul"`` on CPU, ``"xla"`` on accelerators; other values unchanged."""
+  if impl == "auto":
+    return "matmul" if backend == "cpu" else "xla"
+  return impl
+
+
 class MLP(hk.Module):
   """Linear(hidden, bias) -> BatchNorm -> ReLU -> Linear(output, no bias): projector/predictor."""
 
@@ -171,6 +328,7 @@ def make_byol_network(
   bn_eps: float = 1e-5,
   axis_name: str | None = None,
   num_classes: int = 0,
+  conv_impl: str = "xla",
 ) -> hk.TransformedWithState:
   """Returns the transformed BYOL network.
 
@@ -181,11 +339,13 @@ def make_byol_network(
   BatchNorm statistics are averaged (None on a single device or outside ``pmap``).
   ``num_classes > 0`` adds the online linear probe: ``logits`` of a linear classifier on the
   stop-gradient embedding (online network only), which cannot change the representation.
+  ``conv_impl`` picks how convolutions compute (:func:`conv_implementation`).
   """
   bn_config = dict(decay_rate=bn_decay, eps=bn_eps, cross_replica_axis=axis_name)
 
   def forward(images: jax.Array, is_training: bool, with_predictor: bool = True):
-    embedding = make_encoder(encoder, bn_config)(images, is_training=is_training)
+    with conv_implementation(conv_impl):
+      embedding = make_encoder(encoder, bn_config)(images, is_training=is_training)
     projection = MLP(heads.projector_hidden, heads.projector_output, bn_config, "projector")(
       embedding, is_training
     )
@@ -209,16 +369,19 @@ def make_encoder_network(
   bn_decay: float = 0.9,
   bn_eps: float = 1e-5,
   axis_name: str | None = None,
+  conv_impl: str = "xla",
 ) -> hk.TransformedWithState:
   """The encoder alone, with the same parameter names as inside :func:`make_byol_network`.
 
   ``apply(params, state, images, is_training)`` returns the representation ``[N, D]``;
-  ``axis_name`` as in :func:`make_byol_network` (for fine-tuning under ``pmap``).
+  ``axis_name`` and ``conv_impl`` as in :func:`make_byol_network` (``axis_name`` for
+  fine-tuning under ``pmap``).
   """
   bn_config = dict(decay_rate=bn_decay, eps=bn_eps, cross_replica_axis=axis_name)
 
   def forward(images: jax.Array, is_training: bool):
-    return make_encoder(encoder, bn_config)(images, is_training=is_training)
+    with conv_implementation(conv_impl):
+      return make_encoder(encoder, bn_config)(images, is_training=is_training)
 
   return hk.without_apply_rng(hk.transform_with_state(forward))
 

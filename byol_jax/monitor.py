@@ -18,8 +18,8 @@ import ml_collections
 import numpy as np
 from absl import logging
 
+from byol_jax import config_base, models, parallel, probes
 from byol_jax import encoder as encoder_lib
-from byol_jax import models, parallel, probes
 from byol_jax.data import pipeline, sources
 from byol_jax.errors import UserError
 
@@ -161,7 +161,7 @@ def from_config(
     encoder_lib.spec_from_config(config.model),
     train_source=knn_train,
     eval_source=knn_eval,
-    image_size=config.data.image_size,
+    image_size=config_base.eval_image_size(config.data),
     resize_size=config.data.eval_resize,
     every_steps=config.eval.knn_every_steps,
     k=config.eval.knn_k,

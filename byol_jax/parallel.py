@@ -45,6 +45,17 @@ def shard(tree: Any, devices: Sequence[jax.Device] | None = None) -> Any:
   )
 
 
+def _first(x: Any) -> np.ndarray:
+  if isinstance(x, jax.Array):
+    # Copy the first local device's buffer: indexing (``x[0]``) would compile and run a slicing
+    # computation over the array's devices for every leaf. A copy, not a view: the buffer may be
+    # donated to the next step.
+    shard = min(x.addressable_shards, key=lambda s: s.index[0].start or 0)
+    data = np.array(shard.data, copy=True)
+    return np.asarray(data[0]) if data.ndim == x.ndim else data
+  return np.asarray(x)[0]
+
+
 def unreplicate(tree: Any) -> Any:
-  """The first device's copy of every leaf, as host numpy arrays."""
-  return jax.device_get(jax.tree.map(lambda x: x[0], tree))
+  """The first local device's copy of every leaf, as host numpy arrays."""
+  return jax.tree.map(_first, tree)

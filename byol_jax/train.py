@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import collections
 import dataclasses
+import itertools
 import math
 import os
 from collections.abc import Iterator
@@ -19,6 +20,7 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
+import orbax.checkpoint as ocp
 from absl import logging
 
 from byol_jax import (
@@ -28,6 +30,7 @@ from byol_jax import (
   models,
   monitor,
   parallel,
+  precision,
   preemption,
   schedules,
   writers,
@@ -65,15 +68,23 @@ def head_spec(config: ml_collections.ConfigDict) -> models.HeadSpec:
   )
 
 
+def compute_dtype(config: ml_collections.ConfigDict) -> jnp.dtype:
+  """The dtype of the step's convolutions and matrix products on this platform."""
+  return precision.resolve_compute_dtype(config.model.compute_dtype, jax.default_backend())
+
+
 def build_network(config: ml_collections.ConfigDict, axis_name: str | None):
-  return models.make_byol_network(
+  """The BYOL network of the config, computing in :func:`compute_dtype`."""
+  network = models.make_byol_network(
     encoder_spec(config),
     head_spec(config),
     bn_decay=config.model.bn_decay,
     bn_eps=config.model.bn_eps,
     axis_name=axis_name,
     num_classes=config.eval.online_probe_classes,
+    conv_impl=models.resolve_conv_impl(config.model.conv_impl, jax.default_backend()),
   )
+  return precision.mixed_precision(network, compute_dtype(config))
 
 
 def view_params(
@@ -138,15 +149,25 @@ def hparams(config: ml_collections.ConfigDict, plan: RunPlan) -> byol.ByolHParam
   )
 
 
-def check_devices(batch_size: int) -> int:
-  """Returns the per-device batch; raises UserError when the batch does not split evenly."""
+def check_devices(batch_size: int, grad_accum_steps: int = 1) -> int:
+  """Returns the per-device batch; raises UserError when the batch does not split evenly over
+  the devices, or the per-device batch into ``grad_accum_steps`` micro-batches."""
   n = jax.device_count()
   if batch_size % n:
     raise UserError(
       f"config.batch_size={batch_size} is not divisible by the {n} devices: "
       f"use a multiple of {n}, e.g. --config.batch_size={max(n, batch_size // n * n)}."
     )
-  return batch_size // n
+  per_device = batch_size // n
+  if per_device % grad_accum_steps:
+    fits = max(d for d in range(1, grad_accum_steps + 1) if per_device % d == 0)
+    raise UserError(
+      f"The per-device batch {per_device} (config.batch_size={batch_size} over {n} devices) "
+      f"does not split into config.optim.grad_accum_steps={grad_accum_steps} micro-batches: "
+      f"use a divisor of {per_device}, e.g. --config.optim.grad_accum_steps={fits}, or a "
+      f"batch size that is a multiple of {n * grad_accum_steps}."
+    )
+  return per_device
 
 
 def prefetch_to_devices(batches: Iterator[dict[str, np.ndarray]], size: int = 2):
@@ -158,6 +179,24 @@ def prefetch_to_devices(batches: Iterator[dict[str, np.ndarray]], size: int = 2)
       yield queue.popleft()
   while queue:
     yield queue.popleft()
+
+
+def compile_then_sync(p_update, state, rng, device_batches: Iterator[Any]) -> Iterator[Any]:
+  """Compiles the step, then waits for every process, so that all start the first step together.
+
+  Multi-process CPU runs reduce across processes with gloo, which sets up its connections at the
+  first collective and gives up after 30 s (fixed in XLA): a process still compiling its step
+  (compile times differ, e.g. when one finds the step in the compilation cache) would make the
+  others fail. The barrier goes through the coordination service, not a collective. Returns the
+  batches, the first one included.
+  """
+  first = next(device_batches)
+  # Compiled here, the step is found in JAX's cache when the loop calls it.
+  p_update.lower(state, first, rng).compile()
+  ocp.multihost.sync_global_processes(
+    "byol_jax_step_compiled", processes=set(range(jax.process_count())), timeout=3600
+  )
+  return itertools.chain([first], device_batches)
 
 
 def initial_state(config: ml_collections.ConfigDict, optimizer) -> byol.TrainState:
@@ -214,7 +253,7 @@ def with_encoder_from(state: byol.TrainState, config: ml_collections.ConfigDict)
 def pretrain(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:
   """Runs (or resumes) BYOL pretraining; returns the last logged metrics."""
   config_base.validate_config(config)
-  check_devices(config.batch_size)
+  check_devices(config.batch_size, config.optim.grad_accum_steps)
   source = make_source(config, config.data.train_split)
   plan = plan_run(config, source.num_examples)
   hp = hparams(config, plan)
@@ -226,6 +265,7 @@ def pretrain(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float
     hp,
     axis_name=AXIS,
     device_colour_ops=None if config.data.host_colour_ops else (view1, view2),
+    grad_accum_steps=config.optim.grad_accum_steps,
   )
   p_update = jax.pmap(update, axis_name=AXIS, donate_argnums=(0,))
   # kNN accuracy on held-out data every config.eval.knn_every_steps steps (None when off).
@@ -242,9 +282,12 @@ def pretrain(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float
     with open(os.path.join(workdir, "config.json"), "w") as f:
       f.write(config.to_json_best_effort(indent=2))
     n_params = models.count_params(state.online_params)
+    accum = config.optim.grad_accum_steps
     print(
       f"BYOL pretraining: {config.model.encoder} ({n_params / 1e6:.2f}M online parameters), "
-      f"{plan.num_examples} images, batch {config.batch_size} on {jax.device_count()} device(s), "
+      f"{plan.num_examples} images, batch {config.batch_size} on {jax.device_count()} device(s)"
+      f"{f' in {accum} micro-batches' if accum > 1 else ''}, "
+      f"{compute_dtype(config).name} compute, "
       f"{plan.total_steps} steps ({plan.steps_per_epoch} per epoch), starting at step {start_step}.",
       flush=True,
     )
@@ -267,6 +310,7 @@ def pretrain(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float
   writer.truncate_after(start_step)
   progress = writers.Progress(plan.total_steps, config.batch_size, enabled=is_main)
   rng = parallel.replicate(jax.random.PRNGKey(config.seed))
+  device_batches = prefetch_to_devices(batches)
   state = parallel.replicate(state)
   last: dict[str, float] = {}
   step = start_step
@@ -284,7 +328,9 @@ def pretrain(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float
   stopped_by = ""
   try:
     with preemption.PreemptionGuard() as guard:
-      for batch in prefetch_to_devices(batches):
+      if jax.process_count() > 1 and step < plan.total_steps:
+        device_batches = compile_then_sync(p_update, state, rng, device_batches)
+      for batch in device_batches:
         if step >= plan.total_steps:
           break
         state, metrics = p_update(state, batch, rng)

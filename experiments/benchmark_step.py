@@ -1,23 +1,30 @@
 """Times the compiled BYOL update step alone and reports images/s, FLOPs and % of a matmul peak.
 
   python experiments/benchmark_step.py                      # the standard CPU workload
+  python experiments/benchmark_step.py --vs_pytorch         # ... beside byol-pytorch
   python experiments/benchmark_step.py --config=configs/byol_r50.py --image_size=224 --batch=128
 
 The standard workload: ResNet-18 (ImageNet stem), two views of 64x64, batch 64, projector and
 predictor 4096 -> 256, fp32, LARS. Views are synthetic and already augmented, so only the step is
 timed (the input pipeline has its own benchmark). Compilation and a warm-up step are excluded;
 the figure is the median of ``--steps`` steps. FLOPs per step come from XLA's cost analysis of
-the compiled step, and the matmul peak is measured in the same run (a large fp32 matmul), so the
-percentage compares like with like. The last line printed is one JSON object.
+the step (with XLA's convolutions, which count only useful work), and the matmul peak is the best
+of XLA's, numpy's BLAS and (with ``--vs_pytorch``) torch's fp32 2048x2048 matmul, measured in the
+same run, so the percentage compares like with like. ``--vs_pytorch`` then times lucidrains'
+byol-pytorch on the same workload (experiments/byol_pytorch_step.py; torch, torchvision and
+byol-pytorch are optional extras, in this interpreter or in ``--pytorch_python``). The last line
+printed is one JSON object.
 """
 
 from __future__ import annotations
 
 import argparse
+import ast
 import importlib.util
 import json
 import os
 import statistics
+import subprocess
 import sys
 import time
 
@@ -52,34 +59,26 @@ def standard_config():
   return config
 
 
-def matmul_peak_gflops(n: int = 2048, repeats: int = 10) -> float:
-  """Achieved fp32 GFLOP/s of an n x n matmul on the default device (median of repeats)."""
-  a = jnp.ones((n, n), jnp.float32)
+def matmul_gflops(n: int = 2048, repeats: int = 10) -> dict[str, float]:
+  """Achieved fp32 GFLOP/s of an n x n matmul through XLA and through numpy's BLAS (medians)."""
+  a = np.random.default_rng(0).normal(size=(n, n)).astype(np.float32)
+  a_dev = jnp.asarray(a)
   f = jax.jit(lambda x: x @ x)
-  f(a).block_until_ready()
-  times = []
-  for _ in range(repeats):
-    t = time.perf_counter()
-    f(a).block_until_ready()
-    times.append(time.perf_counter() - t)
-  return 2 * n**3 / statistics.median(times) / 1e9
+  runs = dict(xla=lambda: f(a_dev).block_until_ready(), numpy=lambda: a @ a)
+  result = {}
+  for name, run in runs.items():
+    run()
+    times = []
+    for _ in range(repeats):
+      t = time.perf_counter()
+      run()
+      times.append(time.perf_counter() - t)
+    result[name] = 2 * n**3 / statistics.median(times) / 1e9
+  return result
 
 
-def main() -> None:
-  parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-  parser.add_argument("--config", default="", help="config file (default: the standard workload)")
-  parser.add_argument("--image_size", type=int, default=0)
-  parser.add_argument("--batch", type=int, default=0)
-  parser.add_argument("--steps", type=int, default=20)
-  args = parser.parse_args()
-
-  config = load_config(args.config) if args.config else standard_config()
-  if args.image_size:
-    config.data.image_size = args.image_size
-  if args.batch:
-    config.batch_size = args.batch
-  jax.config.update("jax_default_prng_impl", config.prng_impl)
-  devices = jax.local_devices()
+def build_step(config, devices):
+  """The pmapped update step of ``config`` and its inputs (state, views, rng)."""
   plan = train.RunPlan(total_steps=10_000, warmup_steps=100, steps_per_epoch=1000, num_examples=0)
   hp = train.hparams(config, plan)
   optimizer = byol.make_optimizer(hp)
@@ -97,45 +96,134 @@ def main() -> None:
   size, batch = config.data.image_size, config.batch_size
   views = np.random.default_rng(0).uniform(size=(2, batch, size, size, 3)).astype(np.float32)
   sharded = parallel.shard({"view1": views[0], "view2": views[1]}, devices)
+  return p_update, (state, sharded, rng)
 
+
+def run_pytorch(python: str, image_size: int, batch: int, steps: int, config) -> dict:
+  """byol-pytorch on the same workload, in a subprocess of ``python`` (after the JAX timing)."""
+  script = os.path.join(REPO, "experiments", "byol_pytorch_step.py")
+  cmd = [python, script, f"--image_size={image_size}", f"--batch={batch}", f"--steps={steps}"]
+  cmd += [f"--hidden={config.model.projector_hidden}", f"--output={config.model.projector_output}"]
+  done = subprocess.run(cmd, capture_output=True, text=True)
+  if done.returncode != 0:
+    sys.exit(
+      f"byol-pytorch run failed ({' '.join(cmd)}): {done.stderr.strip().splitlines()[-1:]}. "
+      "Install it with `pip install torch torchvision byol-pytorch` or pass --pytorch_python."
+    )
+  return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def main() -> None:
+  parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+  parser.add_argument("--config", default="", help="config file (default: the standard workload)")
+  parser.add_argument("--image_size", type=int, default=0)
+  parser.add_argument("--batch", type=int, default=0)
+  parser.add_argument("--steps", type=int, default=20)
+  parser.add_argument(
+    "--set",
+    action="append",
+    default=[],
+    metavar="FIELD=VALUE",
+    help="config override, e.g. --set model.conv_impl=xla (repeatable)",
+  )
+  parser.add_argument(
+    "--vs_pytorch", action="store_true", help="also time lucidrains' byol-pytorch (same workload)"
+  )
+  parser.add_argument(
+    "--pytorch_python",
+    default=sys.executable,
+    help="interpreter with torch, torchvision and byol-pytorch installed (default: this one)",
+  )
+  args = parser.parse_args()
+
+  config = load_config(args.config) if args.config else standard_config()
+  if args.image_size:
+    config.data.image_size = args.image_size
+  if args.batch:
+    config.batch_size = args.batch
+  for item in args.set:
+    field, _, value = item.partition("=")
+    *parents, leaf = field.split(".")
+    node = config
+    for parent in parents:
+      node = node[parent]
+    node[leaf] = type(node[leaf])(
+      ast.literal_eval(value) if value[:1] in "0123456789([-" else value
+    )
+  jax.config.update("jax_default_prng_impl", config.prng_impl)
+  devices = jax.local_devices()
+  size, batch = config.data.image_size, config.batch_size
+
+  p_update, inputs = build_step(config, devices)
   t = time.perf_counter()
-  compiled = p_update.lower(state, sharded, rng).compile()
+  compiled = p_update.lower(*inputs).compile()
   compile_s = time.perf_counter() - t
-  cost = compiled.cost_analysis()
-  cost = cost[0] if isinstance(cost, list | tuple) else cost
-  flops = float(cost.get("flops", float("nan"))) * len(devices)
+  # The model's FLOPs are those of XLA's own convolutions, which count only the kernel taps
+  # that meet the image; the matmul formulation also multiplies zero padding, counted apart.
+  reference = config.copy_and_resolve_references()
+  reference.model.conv_impl = "xla"
+  ref_update, ref_inputs = build_step(reference, devices)
+  flops = float(ref_update.lower(*ref_inputs).cost_analysis()["flops"]) * len(devices)
+  executed = float(_cost(compiled).get("flops", float("nan"))) * len(devices)
+  del ref_update, ref_inputs
 
-  state, metrics = p_update(state, sharded, rng)  # warm-up
+  state, views, rng = inputs
+  state, metrics = p_update(state, views, rng)  # warm-up
   jax.block_until_ready(metrics)
   times = []
   for _ in range(args.steps):
     t = time.perf_counter()
-    state, metrics = p_update(state, sharded, rng)
+    state, metrics = p_update(state, views, rng)
     jax.block_until_ready(metrics)
     times.append(time.perf_counter() - t)
   step_s = statistics.median(times)
-  peak = matmul_peak_gflops()
+  peaks = matmul_gflops()
+  pytorch = None
+  if args.vs_pytorch:
+    pytorch = run_pytorch(args.pytorch_python, size, batch, args.steps, config)
+    peaks["torch"] = pytorch["matmul_gflops_per_s"]
+  peak = max(peaks.values())
   gflops = flops / step_s / 1e9
   result = dict(
     encoder=config.model.encoder,
     image_size=size,
     batch=batch,
+    conv_impl=config.model.conv_impl,
     devices=len(devices),
     platform=devices[0].platform,
     compile_s=round(compile_s, 1),
     step_s=step_s,
     images_per_s=batch / step_s,
     gflop_per_step=flops / 1e9,
+    executed_gflop_per_step=executed / 1e9,
     gflops_per_s=gflops,
+    matmul_gflops_per_s=peaks,
     matmul_peak_gflops_per_s=peak,
     pct_of_matmul_peak=100 * gflops / peak,
   )
-  print(
+  line = (
     f"{config.model.encoder} {size}px batch {batch}: {batch / step_s:.1f} images/s, "
     f"{flops / 1e9:.1f} GFLOP/step, {gflops:.1f} GFLOP/s = {100 * gflops / peak:.1f}% of the "
     f"measured matmul peak ({peak:.1f} GFLOP/s); compile {compile_s:.0f}s"
   )
+  if pytorch is not None:
+    result.update(
+      pytorch_images_per_s=pytorch["images_per_s"],
+      pytorch_step_s=pytorch["step_s"],
+      pytorch_version=pytorch["torch"],
+      ratio_vs_pytorch=result["images_per_s"] / pytorch["images_per_s"],
+    )
+    line += (
+      f"\nbyol-pytorch (torch {pytorch['torch']}): {pytorch['images_per_s']:.1f} images/s; "
+      f"byol_jax / byol-pytorch = {result['ratio_vs_pytorch']:.2f}x"
+    )
+  print(line)
   print(json.dumps(result))
+
+
+def _cost(compiled) -> dict:
+  cost = compiled.cost_analysis()
+  return cost[0] if isinstance(cost, list | tuple) else cost
 
 
 if __name__ == "__main__":

@@ -25,8 +25,8 @@ import jax
 import numpy as np
 from absl import app, flags
 
+from byol_jax import config_base, models, probes
 from byol_jax import encoder as encoder_lib
-from byol_jax import models, probes
 from byol_jax.data import device_augment, pipeline, sources
 from byol_jax.errors import UserError
 
@@ -56,7 +56,9 @@ def random_encoder(
   running the training-mode forward pass over the data first gives the random network the
   statistics a trained one would have.
   """
-  net = models.make_encoder_network(weights.spec)
+  net = models.make_encoder_network(
+    weights.spec, conv_impl=models.resolve_conv_impl("auto", jax.default_backend())
+  )
   size = weights.config.data.image_size
   params, state = jax.jit(lambda k: net.init(k, np.zeros((1, size, size, 3), np.float32), True))(
     jax.random.PRNGKey(seed)
@@ -126,7 +128,7 @@ def main(argv) -> None:
       f"{weights.source} was not trained on an image folder with a hold-out "
       "(config.data.holdout): use configs/byol_cifar10_cpu.py."
     )
-  size, resize = config.data.image_size, config.data.eval_resize
+  size, resize = config_base.eval_image_size(config.data), config.data.eval_resize
   path, holdout, seed = config.data.path, config.data.holdout, config.data.holdout_seed
   t = time.perf_counter()
   train_all = sources.folder_source(path, holdout=holdout, holdout_seed=seed, subset="train")

@@ -1,5 +1,6 @@
 """Encoders, heads and their parameter names, counts and shapes."""
 
+import haiku as hk
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -104,3 +105,78 @@ def test_stems_set_the_resolution():
     params, _ = _shapes(models.EncoderSpec("resnet18", small_image_stem=small), size=size)
     kernel = params["res_net18/~/initial_conv"]["w"].shape
     assert kernel == ((3, 3, 3, 64) if small else (7, 7, 3, 64))
+
+
+def _conv_reference(x, w, stride, padding):
+  return jax.lax.conv_general_dilated(
+    x, w, stride, padding, dimension_numbers=("NHWC", "HWIO", "NHWC")
+  )
+
+
+@pytest.mark.parametrize(
+  ("size", "kernel", "stride", "padding"),
+  [
+    (9, 3, 1, "SAME"),  # patches (im2col)
+    (4, 3, 2, "SAME"),  # per-tap products
+    (9, 3, 2, "SAME"),  # odd size, stride 2: SAME pads the extra pixel after
+    (8, 7, 2, "SAME"),  # the ImageNet stem
+    (8, 1, 2, "SAME"),  # projection shortcut
+    (7, 3, 1, "VALID"),
+    (8, 3, 1, ((2, 0), (1, 1))),
+    (2, 3, 1, "SAME"),  # mostly padding: one product per kernel tap
+    (1, 3, 1, "SAME"),
+    (2, 3, 2, "SAME"),
+  ],
+)
+def test_conv_as_matmul_equals_xla_convolution_and_its_gradients(size, kernel, stride, padding):
+  rng = np.random.default_rng(size * 10 + kernel)
+  x = jnp.asarray(rng.normal(size=(3, size, size, 4)), jnp.float32)
+  w = jnp.asarray(rng.normal(size=(kernel, kernel, 4, 5)), jnp.float32)
+  strides = (stride, stride)
+
+  def loss(conv):
+    return lambda x, w: jnp.sum(jnp.sin(conv(x, w, strides, padding)))
+
+  want = jax.value_and_grad(loss(_conv_reference), (0, 1))(x, w)
+  got = jax.value_and_grad(loss(models.conv2d_as_matmul), (0, 1))(x, w)
+  assert (
+    _conv_reference(x, w, strides, padding).shape
+    == models.conv2d_as_matmul(x, w, strides, padding).shape
+  )
+  for a, b in zip(jax.tree.leaves(got), jax.tree.leaves(want)):
+    np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-4)
+
+
+def test_conv_implementations_share_parameters_and_results():
+  spec = models.EncoderSpec("resnet18")
+  x = jnp.asarray(np.random.default_rng(0).normal(size=(16, 64, 64, 3)), jnp.float32)
+  outs = {}
+  for impl in models.CONV_IMPLS:
+    net = models.make_byol_network(spec, models.HeadSpec(64, 16, 64), conv_impl=impl)
+    params, state = net.init(jax.random.PRNGKey(0), x, True)
+    outs[impl] = (params, net.apply(params, state, x, True)[0])
+  (p_xla, out_xla), (p_mm, out_mm) = outs["xla"], outs["matmul"]
+  assert jax.tree.structure(p_xla) == jax.tree.structure(p_mm)
+  for a, b in zip(jax.tree.leaves(p_xla), jax.tree.leaves(p_mm)):
+    np.testing.assert_array_equal(a, b)
+  for key in ("embedding", "projection", "prediction"):
+    np.testing.assert_allclose(out_mm[key], out_xla[key], rtol=1e-4, atol=1e-4)
+  with pytest.raises(ValueError, match="conv_impl"):
+    models.make_byol_network(spec, models.HeadSpec(), conv_impl="winograd").init(
+      jax.random.PRNGKey(0), x, True
+    )
+
+
+@pytest.mark.parametrize("size", [8, 9])
+def test_max_pool_same_equals_haiku(size):
+  x = jnp.asarray(np.random.default_rng(size).normal(size=(2, size, size, 3)), jnp.float32)
+  want = hk.max_pool(x, window_shape=(1, 3, 3, 1), strides=(1, 2, 2, 1), padding="SAME")
+  got = models.max_pool_same(x, window=3, stride=2)
+  np.testing.assert_array_equal(got, want)
+  # Random inputs have unique maxima, so the gradients agree too.
+  grad = lambda f: jax.grad(lambda x: jnp.sum(jnp.sin(f(x))))(x)  # noqa: E731
+  np.testing.assert_allclose(
+    grad(lambda x: models.max_pool_same(x, 3, 2)),
+    grad(lambda x: hk.max_pool(x, (1, 3, 3, 1), (1, 2, 2, 1), "SAME")),
+    rtol=1e-6,
+  )
