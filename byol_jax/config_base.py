@@ -9,6 +9,12 @@ work starts.
 
 from __future__ import annotations
 
+import ast
+import importlib.util
+import types
+from collections.abc import Mapping
+from typing import Any
+
 import ml_collections
 
 from byol_jax.errors import UserError
@@ -250,3 +256,40 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
       0.0 < v.crop_aspect_min <= v.crop_aspect_max,
       f"config.augment.{view}: need 0 < crop_aspect_min <= crop_aspect_max.",
     )
+
+
+def load_config_module(path: str) -> types.ModuleType:
+  """The Python module of a config file."""
+  spec = importlib.util.spec_from_file_location("byol_jax_config", path)
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module
+
+
+def load_config_file(path: str) -> ml_collections.ConfigDict:
+  """The config of ``file.py`` (its ``get_config()``) or ``file.py:arg`` (``get_config(arg)``),
+  as ``--config`` takes it."""
+  path, _, arg = path.partition(":")
+  module = load_config_module(path)
+  return module.get_config(arg) if arg else module.get_config()
+
+
+def set_fields(
+  config: ml_collections.ConfigDict, overrides: Mapping[str, Any]
+) -> ml_collections.ConfigDict:
+  """Sets existing dotted fields, ``{"model.encoder": "tiny"}``; returns ``config``.
+
+  A string given for a field that is not a string is read as a Python literal ("16", "1e-3",
+  "False", "(0.1, 0.2)"), as ``--config.a.b=value`` on the command line is.
+  """
+  for key, value in overrides.items():
+    node = config
+    *parents, leaf = key.split(".")
+    for parent in parents:
+      node = node[parent]
+    if leaf not in node:
+      raise KeyError(f"No config field {key!r}.")
+    if isinstance(value, str) and not isinstance(node[leaf], str):
+      value = ast.literal_eval(value)
+    node[leaf] = value
+  return config

@@ -18,7 +18,8 @@ import haiku as hk
 import jax
 import jax.numpy as jnp
 
-COMPUTE_DTYPES = ("float32", "bfloat16", "auto")
+from byol_jax.config_base import COMPUTE_DTYPES
+
 # Backends on which "auto" picks bfloat16: their matrix units run it at several times fp32 speed.
 _BF16_BACKENDS = ("gpu", "cuda", "rocm", "tpu")
 

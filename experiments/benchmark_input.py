@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import argparse
 import gc
-import importlib.util
 import json
 import os
 import shutil
@@ -41,7 +40,7 @@ sys.path.insert(0, REPO)
 import jax  # noqa: E402
 import numpy as np  # noqa: E402
 
-from byol_jax import byol, parallel, train  # noqa: E402
+from byol_jax import byol, config_base, parallel, train  # noqa: E402
 from byol_jax.data import device_augment, pipeline, sources  # noqa: E402
 
 
@@ -65,14 +64,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
   p.add_argument("--no_step", action="store_true", help="skip the training-step timing")
   p.add_argument("--no_pipeline", action="store_true", help="time only the training step")
   return p.parse_args(argv)
-
-
-def load_config(path: str):
-  """The ConfigDict of a config file (its ``get_config()`` with no argument)."""
-  spec = importlib.util.spec_from_file_location("bench_config", path)
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module.get_config()
 
 
 # --------------------------------------------------------------------------------------------
@@ -167,7 +158,7 @@ def bench_pipeline(source, size, views, host_colour_ops, args) -> dict[str, floa
 
 def bench_step(config_path: str, size: int, batch: int, encoder: str, host_colour_ops: bool, args):
   """Source images/s of the compiled update step on synthetic views (one device, warm-up out)."""
-  config = load_config(config_path)
+  config = config_base.load_config_file(config_path)
   config.data.image_size = size
   if batch:
     config.batch_size = batch
@@ -243,7 +234,7 @@ def main(argv: list[str] | None = None) -> dict:
           args.step_batch_224,
           args.step_encoder_224,
         )
-      config = load_config(step_config)
+      config = config_base.load_config_file(step_config)
       views = train.view_params(config)
       for host in modes:
         name = "host" if host else "device"

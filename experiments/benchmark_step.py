@@ -19,8 +19,6 @@ printed is one JSON object.
 from __future__ import annotations
 
 import argparse
-import ast
-import importlib.util
 import json
 import os
 import statistics
@@ -35,15 +33,11 @@ import numpy as np
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)
 
-from byol_jax import byol, parallel, train  # noqa: E402
+from byol_jax import byol, config_base, parallel, train  # noqa: E402
 
 
 def load_config(path: str):
-  path, _, arg = path.partition(":")
-  spec = importlib.util.spec_from_file_location("bench_config", os.path.join(REPO, path))
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module.get_config(arg) if arg else module.get_config()
+  return config_base.load_config_file(os.path.join(REPO, path))
 
 
 def standard_config():
@@ -141,15 +135,7 @@ def main() -> None:
     config.data.image_size = args.image_size
   if args.batch:
     config.batch_size = args.batch
-  for item in args.set:
-    field, _, value = item.partition("=")
-    *parents, leaf = field.split(".")
-    node = config
-    for parent in parents:
-      node = node[parent]
-    node[leaf] = type(node[leaf])(
-      ast.literal_eval(value) if value[:1] in "0123456789([-" else value
-    )
+  config_base.set_fields(config, dict(item.partition("=")[::2] for item in args.set))
   jax.config.update("jax_default_prng_impl", config.prng_impl)
   devices = jax.local_devices()
   size, batch = config.data.image_size, config.batch_size

@@ -15,7 +15,6 @@ of each run, and the wall time of each run. For scale, a third run in float32 wi
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import json
 import os
 import sys
@@ -28,16 +27,11 @@ import numpy as np
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)
 
-from byol_jax import train  # noqa: E402
+from byol_jax import config_base, train  # noqa: E402
 
 
 def tiny_config(steps: int, compute_dtype: str, seed: int = 0):
-  spec = importlib.util.spec_from_file_location(
-    "synthetic", os.path.join(REPO, "configs", "synthetic.py")
-  )
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  c = module.get_config()
+  c = config_base.load_config_file(os.path.join(REPO, "configs", "synthetic.py"))
   c.data.synthetic_examples = 512
   c.data.image_size = 16
   c.data.eval_resize = 16

@@ -29,7 +29,7 @@ import numpy as np
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)
 
-from byol_jax import checkpointing, train  # noqa: E402
+from byol_jax import checkpointing, config_base, train  # noqa: E402
 
 OVERRIDES = [
   "--config.num_steps=60",
@@ -176,22 +176,10 @@ def main() -> None:
 
 def train_config():
   """The config the runs above used (the default config file with the same overrides)."""
-  import importlib.util
-
-  spec = importlib.util.spec_from_file_location(
-    "synthetic", os.path.join(REPO, "configs", "synthetic.py")
+  config = config_base.load_config_file(os.path.join(REPO, "configs", "synthetic.py"))
+  return config_base.set_fields(
+    config, dict(flag.removeprefix("--config.").split("=", 1) for flag in OVERRIDES)
   )
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  config = module.get_config()
-  for flag in OVERRIDES:
-    key, value = flag.removeprefix("--config.").split("=")
-    node = config
-    *path, last = key.split(".")
-    for p in path:
-      node = node[p]
-    node[last] = type(node[last])(value)
-  return config
 
 
 if __name__ == "__main__":

@@ -1,6 +1,5 @@
 """Tiny configs shared by the end-to-end tests: a 16 px synthetic dataset and the tiny ResNet."""
 
-import importlib.util
 import json
 import os
 
@@ -11,13 +10,7 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 def set_fields(config, **overrides):
   """Sets dotted fields: ``set_fields(c, **{"model.encoder": "tiny"})``."""
-  for key, value in overrides.items():
-    node = config
-    *path, last = key.split(".")
-    for p in path:
-      node = node[p]
-    node[last] = value
-  return config
+  return config_base.set_fields(config, overrides)
 
 
 # Overrides of the base config that make a pretraining run compile and run in seconds on the CPU.
@@ -52,10 +45,7 @@ def tiny_flags(**overrides):
 
 def load_config_module(name):
   """The module of ``configs/<name>.py``."""
-  spec = importlib.util.spec_from_file_location(name, os.path.join(REPO, "configs", f"{name}.py"))
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module
+  return config_base.load_config_module(os.path.join(REPO, "configs", f"{name}.py"))
 
 
 def read_metrics(workdir):
