@@ -49,7 +49,7 @@ CHECKPOINT_MODES = ("linear_eval", "finetune", "embed", "export_torch")
 FROM_CHECKPOINT = "checkpoint"
 SOURCES = ("synthetic", "tfds", "folder")
 COMPUTE_DTYPES = ("float32", "bfloat16", "auto")  # see config.model.compute_dtype
-CONV_IMPLS = ("auto", "matmul", "xla")  # see config.model.conv_impl
+CONV_IMPLS = ("auto", "winograd", "matmul", "xla")  # see config.model.conv_impl
 
 
 def get_base_config() -> ml_collections.ConfigDict:
@@ -100,9 +100,10 @@ def get_base_config() -> ml_collections.ConfigDict:
   # stay float32 either way; changing it does not change the architecture (a run may resume with
   # another value).
   c.model.compute_dtype = "auto"
-  # How convolutions compute: "matmul" (patches x kernel, several times faster on XLA:CPU), "xla"
-  # (XLA's own convolutions, best on GPU/TPU) or "auto" (matmul on CPU, xla elsewhere). The same
-  # parameters and results either way.
+  # How convolutions compute: "matmul" (patches x kernel, several times faster on XLA:CPU),
+  # "winograd" (the same, with Winograd F(2x2, 3x3) for the 3x3 layers where it is faster), "xla"
+  # (XLA's own convolutions, best on GPU/TPU) or "auto" (winograd on CPU, xla elsewhere). The same
+  # parameters and results (up to float rounding) either way.
   c.model.conv_impl = "auto"
 
   c.optim = ml_collections.ConfigDict()

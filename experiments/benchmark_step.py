@@ -33,7 +33,7 @@ import numpy as np
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)
 
-from byol_jax import byol, config_base, parallel, train  # noqa: E402
+from byol_jax import byol, config_base, models, parallel, train  # noqa: E402
 
 
 def load_config(path: str):
@@ -174,7 +174,7 @@ def main() -> None:
     encoder=config.model.encoder,
     image_size=size,
     batch=batch,
-    conv_impl=config.model.conv_impl,
+    conv_impl=models.resolve_conv_impl(config.model.conv_impl, devices[0].platform),
     devices=len(devices),
     platform=devices[0].platform,
     compile_s=round(compile_s, 1),

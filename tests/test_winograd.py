@@ -1,0 +1,78 @@
+"""Winograd F(2x2, 3x3) against XLA's convolution: values and gradients, odd sizes, the dispatch."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from byol_jax import models, winograd
+
+
+def _reference(x, w):
+  return jax.lax.conv_general_dilated(
+    x, w, (1, 1), "SAME", dimension_numbers=("NHWC", "HWIO", "NHWC"), precision="highest"
+  )
+
+
+@pytest.mark.parametrize(
+  ("height", "width", "cin", "cout"),
+  [(8, 8, 4, 5), (5, 7, 3, 2), (1, 1, 2, 3), (2, 3, 6, 4), (16, 16, 16, 16)],
+)
+def test_conv3x3_equals_xla_convolution_and_its_gradients(height, width, cin, cout):
+  rng = np.random.default_rng(height * 100 + width)
+  x = jnp.asarray(rng.normal(size=(3, height, width, cin)), jnp.float32)
+  w = jnp.asarray(rng.normal(size=(3, 3, cin, cout)), jnp.float32)
+  cotangent = jnp.asarray(rng.normal(size=(3, height, width, cout)), jnp.float32)
+
+  def loss(conv):
+    return lambda x, w: jnp.sum(conv(x, w) * cotangent)
+
+  want = jax.jit(jax.value_and_grad(loss(_reference), (0, 1)))(x, w)
+  got = jax.jit(jax.value_and_grad(loss(winograd.conv3x3), (0, 1)))(x, w)
+  np.testing.assert_allclose(
+    jax.jit(winograd.conv3x3)(x, w), _reference(x, w), rtol=1e-5, atol=1e-5
+  )
+  for a, b in zip(jax.tree.leaves(got), jax.tree.leaves(want)):
+    scale = float(np.max(np.abs(b)))
+    np.testing.assert_allclose(a, b, rtol=0, atol=1e-5 * scale)
+
+
+def test_input_tiles_gradient_is_the_transpose():
+  # <T x, v> == <x, T^T v> for the hand-written transpose of the (linear) tile transform.
+  rng = np.random.default_rng(0)
+  x = jnp.asarray(rng.normal(size=(2, 5, 6, 3)), jnp.float32)
+  tiles, vjp = jax.vjp(jax.jit(winograd.input_tiles), x)
+  v = jnp.asarray(rng.normal(size=tiles.shape), jnp.float32)
+  np.testing.assert_allclose(jnp.vdot(tiles, v), jnp.vdot(x, vjp(v)[0]), rtol=1e-5)
+  # Unlike autodiff of the strided slices, the transpose also matches jax.linear_transpose.
+  (want,) = jax.linear_transpose(winograd._tiles, x)(v)
+  np.testing.assert_allclose(vjp(v)[0], want, rtol=1e-5, atol=1e-5)
+
+
+def test_bfloat16_inputs_keep_their_dtype():
+  x = jnp.ones((1, 4, 4, 2), jnp.bfloat16)
+  w = jnp.ones((3, 3, 2, 3), jnp.bfloat16)
+  out = jax.jit(winograd.conv3x3)(x, w)
+  assert out.dtype == jnp.bfloat16
+  np.testing.assert_allclose(out.astype(jnp.float32), _reference(x, w).astype(jnp.float32))
+  assert jax.grad(lambda x: jnp.sum(winograd.conv3x3(x, w)).astype(jnp.float32))(x).dtype == (
+    jnp.bfloat16
+  )
+
+
+def test_conv2d_as_matmul_uses_winograd_only_where_it_pays():
+  def dots(x_shape, w_shape, stride=(1, 1)):
+    x, w = jnp.zeros(x_shape), jnp.zeros(w_shape)
+    fn = lambda x, w: models.conv2d_as_matmul(x, w, stride, "SAME", use_winograd=True)  # noqa: E731
+    return str(jax.make_jaxpr(fn)(x, w)).count("dot_general")
+
+  size, ch = models.WINOGRAD_MIN_SIZE, models.WINOGRAD_MIN_CHANNELS
+  # Winograd: the kernel transform (two contractions) and one batched product of 16.
+  assert dots((2, size, size, ch), (3, 3, ch, 8)) == 3
+  # Too small a map, too few channels, stride 2 or a 1x1 kernel: im2col or per-tap products.
+  assert dots((2, size - 1, size - 1, ch), (3, 3, ch, 8)) != 3
+  assert dots((2, size, size, ch - 1), (3, 3, ch - 1, 8)) != 3
+  assert dots((2, 2 * size, 2 * size, ch), (3, 3, ch, 8), stride=(2, 2)) != 3
+  assert dots((2, size, size, ch), (1, 1, ch, 8)) != 3
+  assert models.resolve_conv_impl("auto", "cpu") == "winograd"
+  assert models.resolve_conv_impl("auto", "gpu") == "xla"
