@@ -17,6 +17,7 @@ from typing import Any
 import haiku as hk
 import jax
 import jax.numpy as jnp
+import numpy as np
 from jax import lax
 
 from byol_jax import winograd
@@ -201,6 +202,21 @@ def _tap_windows(
   return windows
 
 
+def _pixel_pair_taps(
+  h: int, w: int, oh: int, ow: int, kh: int, kw: int, sh: int, sw: int, top: int, left: int
+) -> np.ndarray:
+  """[H*W, OH*OW] index of the kernel tap joining each input and output pixel (kh*kw: none)."""
+  taps = np.full((h * w, oh * ow), kh * kw)
+  for oi in range(oh):
+    for oj in range(ow):
+      for ki in range(kh):
+        for kj in range(kw):
+          i, j = oi * sh + ki - top, oj * sw + kj - left
+          if 0 <= i < h and 0 <= j < w:
+            taps[i * w + j, oi * ow + oj] = ki * kw + kj
+  return taps
+
+
 def conv2d_as_matmul(
   x: jax.Array,
   w: jax.Array,
@@ -215,7 +231,8 @@ def conv2d_as_matmul(
   strided slices of the padded input, concatenated along channels. On small ones (a ResNet's last
   stages: 4x4 and 2x2 at 64x64 inputs) most patch entries would be padding, so each kernel tap is
   instead its own product over the input window it meets, padded into place and summed, which
-  wastes no work. Either way forward and backward passes are large matrix products plus cheap
+  wastes no work; on the smallest (3x3 on 2x2 maps: every input pixel meets every output pixel)
+  the layer is one product with an [H*W*Cin, OH*OW*Cout] matrix of kernel taps. Either way forward and backward passes are large matrix products plus cheap
   slicing: XLA:CPU runs those near its matmul speed, while its direct convolutions reach only a
   few percent of it on a ResNet's small-spatial, many-channel layers. With ``use_winograd``, 3x3
   stride-1 SAME layers on maps of at least ``WINOGRAD_MIN_SIZE`` with at least
@@ -251,6 +268,12 @@ def conv2d_as_matmul(
   rows = _tap_windows(h, oh, kh, sh, pads[0][0])
   cols = _tap_windows(wd, ow, kw, sw, pads[1][0])
   useful = sum(max(0, r1 - r0 + 1) for r0, r1 in rows) * sum(max(0, c1 - c0 + 1) for c0, c1 in cols)
+  if h * wd * oh * ow <= 1.3 * useful:  # (nearly) every input pixel meets every output pixel
+    taps = _pixel_pair_taps(h, wd, oh, ow, kh, kw, sh, sw, pads[0][0], pads[1][0])
+    # One product with a [H*W*Cin, OH*OW*Cout] matrix of kernel taps (zero where none).
+    taps_and_zero = jnp.concatenate([w.reshape(kh * kw, cin, cout), jnp.zeros_like(w[0, :1])])
+    dense = taps_and_zero[taps].transpose(0, 2, 1, 3).reshape(h * wd * cin, oh * ow * cout)
+    return (x.reshape(n, h * wd * c) @ dense).reshape(n, oh, ow, cout)
   if useful * 1.3 < kh * kw * oh * ow:  # im2col would spend over 30% on padding
     out = jnp.zeros((n, oh, ow, cout), jnp.result_type(x, w))
     for i, (r0, r1) in enumerate(rows):

@@ -123,8 +123,9 @@ def _conv_reference(x, w, stride, padding):
     (8, 1, 2, "SAME"),  # projection shortcut
     (7, 3, 1, "VALID"),
     (8, 3, 1, ((2, 0), (1, 1))),
-    (2, 3, 1, "SAME"),  # mostly padding: one product per kernel tap
+    (2, 3, 1, "SAME"),  # every pixel meets every pixel: one product with a matrix of taps
     (1, 3, 1, "SAME"),
+    (3, 3, 1, "SAME"),  # mostly padding: one product per kernel tap
     (2, 3, 2, "SAME"),
   ],
 )
