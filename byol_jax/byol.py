@@ -47,19 +47,24 @@ class ByolHParams:
   weight_decay: float = 1.5e-6
   momentum: float = 0.9
   trust_coefficient: float = 1e-3
+  optimizer: str = "lars"  # "lars" | "sgd" | "adamw"
+  predictor_lr_multiplier: float = 1.0
   # Drop an update whose loss, gradient or update is not finite instead of applying it.
   skip_nonfinite: bool = False
 
 
 def make_optimizer(hp: ByolHParams) -> optax.GradientTransformation:
-  """LARS (paper order) with the warm-up + cosine learning rate."""
-  return optimizers.lars(
+  """``hp.optimizer`` (LARS in the paper's order by default) with the warm-up + cosine learning
+  rate; the predictor's updates are scaled by ``hp.predictor_lr_multiplier``."""
+  return optimizers.make(
+    hp.optimizer,
     learning_rate=lambda count: schedules.warmup_cosine(
       count, hp.peak_lr, hp.warmup_steps, hp.total_steps
     ),
     weight_decay=hp.weight_decay,
     momentum=hp.momentum,
     trust_coefficient=hp.trust_coefficient,
+    predictor_lr_multiplier=hp.predictor_lr_multiplier,
   )
 
 

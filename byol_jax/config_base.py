@@ -48,6 +48,7 @@ CHECKPOINT_MODES = ("linear_eval", "finetune", "embed", "export_torch")
 # config.model.encoder value of evaluation configs: take the architecture from the checkpoint.
 FROM_CHECKPOINT = "checkpoint"
 SOURCES = ("synthetic", "tfds", "folder")
+OPTIMIZERS = ("lars", "sgd", "adamw")
 COMPUTE_DTYPES = ("float32", "bfloat16", "auto")  # see config.model.compute_dtype
 CONV_IMPLS = ("auto", "winograd", "matmul", "xla")  # see config.model.conv_impl
 
@@ -114,6 +115,11 @@ def get_base_config() -> ml_collections.ConfigDict:
   c.optim.warmup_epochs = 10.0
   c.optim.warmup_steps = -1  # >= 0 overrides warmup_epochs
   c.optim.tau_base = 0.996
+  # "lars" (the paper's), "sgd" (heavy-ball momentum, L2 weight decay added to the gradient) or
+  # "adamw"; all use the warm-up + cosine schedule and exclude biases and norms from weight decay.
+  c.optim.optimizer = "lars"
+  # The predictor's learning rate is base_lr times this (SimSiam/DirectPred: a faster predictor).
+  c.optim.predictor_lr_multiplier = 1.0
   # Gradient accumulation: each device runs its share of config.batch_size in this many
   # micro-batches, one after the other, and the optimiser and target network are updated once.
   # The batch (and so the learning rate) is unchanged and memory is that of one micro-batch.
@@ -239,6 +245,14 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
   check(
     config.model.compute_dtype in COMPUTE_DTYPES,
     f"config.model.compute_dtype={config.model.compute_dtype!r} is not one of {COMPUTE_DTYPES}.",
+  )
+  check(
+    config.optim.optimizer in OPTIMIZERS,
+    f"config.optim.optimizer={config.optim.optimizer!r} is not one of {OPTIMIZERS}.",
+  )
+  check(
+    config.optim.predictor_lr_multiplier > 0,
+    "config.optim.predictor_lr_multiplier must be positive.",
   )
   check(0.0 <= config.optim.tau_base <= 1.0, "config.optim.tau_base must lie in [0, 1].")
   check(

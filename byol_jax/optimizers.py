@@ -8,6 +8,9 @@ weight decay and the trust ratio):
     m <- momentum * m + g                (heavy-ball momentum on the adapted gradient)
     w <- w - lr * m
 
+:func:`make` also builds plain SGD with momentum and AdamW (same weight-decay mask) and can give
+the predictor a larger learning rate.
+
 ``optax.lars`` applies the learning rate *before* the momentum trace (``m <- momentum * m + lr *
 g``), which differs from this rule whenever the learning rate changes between steps (the whole
 warm-up and cosine decay). :func:`lars` keeps the paper's order.
@@ -47,3 +50,44 @@ def lars(
     optax.trace(decay=momentum, nesterov=False),
     optax.scale_by_learning_rate(learning_rate),
   )
+
+
+OPTIMIZERS = ("lars", "sgd", "adamw")
+
+
+def predictor_mask(params: hk.Params) -> hk.Params:
+  """True for the predictor's parameters (modules under ``predictor``)."""
+  return hk.data_structures.map(lambda module, name, value: module.startswith("predictor"), params)
+
+
+def make(
+  name: str,
+  learning_rate: float | Callable[[jax.Array], jax.Array],
+  weight_decay: float = 0.0,
+  momentum: float = 0.9,
+  trust_coefficient: float = 1e-3,
+  predictor_lr_multiplier: float = 1.0,
+  mask: Callable[[hk.Params], hk.Params] = lars_mask,
+) -> optax.GradientTransformation:
+  """The optimiser called ``name``; the predictor's updates are ``predictor_lr_multiplier`` times
+  larger.
+
+  * ``"lars"``: :func:`lars`.
+  * ``"sgd"``: ``g + wd * w`` (masked), heavy-ball momentum, ``-lr`` (LARS without trust ratio).
+  * ``"adamw"``: Adam (``momentum`` is b1) with decoupled weight decay ``lr * wd * w`` (masked).
+  """
+  if name == "lars":
+    opt = lars(learning_rate, weight_decay, momentum, trust_coefficient, mask)
+  elif name == "sgd":
+    opt = optax.chain(
+      optax.add_decayed_weights(weight_decay, mask=mask),
+      optax.trace(decay=momentum, nesterov=False),
+      optax.scale_by_learning_rate(learning_rate),
+    )
+  elif name == "adamw":
+    opt = optax.adamw(learning_rate, b1=momentum, weight_decay=weight_decay, mask=mask)
+  else:
+    raise ValueError(f"Unknown optimizer {name!r}; expected one of {OPTIMIZERS}.")
+  if predictor_lr_multiplier != 1.0:
+    opt = optax.chain(opt, optax.masked(optax.scale(predictor_lr_multiplier), predictor_mask))
+  return opt

@@ -145,6 +145,8 @@ def hparams(config: ml_collections.ConfigDict, plan: RunPlan) -> byol.ByolHParam
     weight_decay=config.optim.weight_decay,
     momentum=config.optim.momentum,
     trust_coefficient=config.optim.trust_coefficient,
+    optimizer=config.optim.optimizer,
+    predictor_lr_multiplier=config.optim.predictor_lr_multiplier,
     skip_nonfinite=config.max_skipped_steps > 0,
   )
 

@@ -40,3 +40,23 @@ def test_eval_image_size_defaults_to_the_training_size():
   assert config_base.eval_image_size(config.data) == 16
   config.data.eval_image_size = 32
   assert config_base.eval_image_size(config.data) == 32
+
+
+def test_optimizer_fields_are_validated_and_reach_the_hyperparameters():
+  from byol_jax import train
+  from byol_jax.errors import UserError
+
+  config = config_base.get_base_config()
+  assert config.optim.optimizer == "lars"
+  config_base.set_fields(config, {"optim.optimizer": "sgd", "optim.predictor_lr_multiplier": "10"})
+  config_base.validate_config(config)
+  hp = train.hparams(config, train.plan_run(config, 64))
+  assert hp.optimizer == "sgd"
+  assert hp.predictor_lr_multiplier == 10.0
+  config.optim.optimizer = "rmsprop"
+  with pytest.raises(UserError, match="optimizer"):
+    config_base.validate_config(config)
+  config.optim.optimizer = "adamw"
+  config.optim.predictor_lr_multiplier = 0.0
+  with pytest.raises(UserError, match="predictor_lr_multiplier"):
+    config_base.validate_config(config)

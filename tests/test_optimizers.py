@@ -4,6 +4,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
+import pytest
 
 from byol_jax import optimizers
 
@@ -75,3 +76,76 @@ def test_lars_matches_numpy_over_steps_with_changing_lr():
     q = optax.apply_updates(q, updates)
   diff = max(jax.tree.leaves(jax.tree.map(lambda a, b: float(np.max(np.abs(a - b))), q, expected)))
   assert diff > 1e-4
+
+
+def _byol_params(rng):
+  return dict(
+    _params(rng),
+    **{"predictor/~/linear": {"w": rng.normal(size=(5, 3)), "b": rng.normal(size=(3,))}},
+  )
+
+
+def _one_update(opt, params, grads):
+  p = jax.tree.map(lambda x: jnp.asarray(x, jnp.float32), params)
+  updates, _ = opt.update(jax.tree.map(jnp.float32, grads), opt.init(p), p)
+  return updates
+
+
+def test_make_lars_is_lars():
+  rng = np.random.default_rng(1)
+  params = _byol_params(rng)
+  grads = jax.tree.map(lambda x: rng.normal(size=x.shape), params)
+  got = _one_update(optimizers.make("lars", 0.5, 1e-2, 0.9, 1e-3), params, grads)
+  want = _one_update(optimizers.lars(0.5, 1e-2, 0.9, 1e-3), params, grads)
+  jax.tree.map(np.testing.assert_allclose, got, want)
+
+
+def test_make_sgd_is_masked_weight_decay_momentum_sgd():
+  rng = np.random.default_rng(2)
+  params = _byol_params(rng)
+  grads = jax.tree.map(lambda x: rng.normal(size=x.shape), params)
+  got = _one_update(optimizers.make("sgd", 0.5, 1e-2, 0.9), params, grads)
+  conv = "enc/~/conv_0"
+  np.testing.assert_allclose(
+    got[conv]["w"], -0.5 * (grads[conv]["w"] + 1e-2 * params[conv]["w"]), rtol=1e-5
+  )
+  bias = "projector/~/linear"
+  np.testing.assert_allclose(got[bias]["b"], -0.5 * grads[bias]["b"], rtol=1e-5)
+
+
+def test_make_adamw_first_step_is_sign_like_plus_decoupled_decay():
+  rng = np.random.default_rng(3)
+  params = _byol_params(rng)
+  grads = jax.tree.map(lambda x: rng.normal(size=x.shape), params)
+  got = _one_update(optimizers.make("adamw", 1e-3, 0.1, 0.9), params, grads)
+  conv, norm = "enc/~/conv_0", "enc/~/batchnorm_0"
+  # Adam's first step is lr * g / (|g| + eps) = lr * sign(g); decay lr * wd * w where unmasked.
+  np.testing.assert_allclose(
+    got[conv]["w"],
+    -1e-3 * (np.sign(grads[conv]["w"]) + 0.1 * params[conv]["w"]),
+    rtol=1e-4,
+    atol=1e-7,
+  )
+  np.testing.assert_allclose(
+    got[norm]["scale"], -1e-3 * np.sign(grads[norm]["scale"]), rtol=1e-4, atol=1e-7
+  )
+
+
+def test_predictor_lr_multiplier_scales_only_the_predictor():
+  rng = np.random.default_rng(4)
+  params = _byol_params(rng)
+  grads = jax.tree.map(lambda x: rng.normal(size=x.shape), params)
+  for name in optimizers.OPTIMIZERS:
+    base = _one_update(optimizers.make(name, 0.5, 1e-2), params, grads)
+    fast = _one_update(
+      optimizers.make(name, 0.5, 1e-2, predictor_lr_multiplier=10.0), params, grads
+    )
+    for module in base:
+      factor = 10.0 if module.startswith("predictor") else 1.0
+      for n in base[module]:
+        np.testing.assert_allclose(fast[module][n], factor * base[module][n], rtol=1e-5)
+
+
+def test_make_rejects_unknown_names():
+  with pytest.raises(ValueError, match="Unknown optimizer"):
+    optimizers.make("rmsprop", 0.1)
