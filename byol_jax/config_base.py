@@ -48,7 +48,7 @@ CHECKPOINT_MODES = ("linear_eval", "finetune", "embed", "export_torch")
 # config.model.encoder value of evaluation configs: take the architecture from the checkpoint.
 FROM_CHECKPOINT = "checkpoint"
 SOURCES = ("synthetic", "tfds", "folder")
-OPTIMIZERS = ("lars", "sgd", "adamw")
+OPTIMIZERS = ("lars", "sgd", "adamw")  # see config.optim.optimizer
 COMPUTE_DTYPES = ("float32", "bfloat16", "auto")  # see config.model.compute_dtype
 CONV_IMPLS = ("auto", "winograd", "matmul", "xla")  # see config.model.conv_impl
 

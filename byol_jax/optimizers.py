@@ -24,6 +24,8 @@ import haiku as hk
 import jax
 import optax
 
+from byol_jax.config_base import OPTIMIZERS
+
 
 def lars_mask(params: hk.Params) -> hk.Params:
   """True for parameters that get weight decay and trust-ratio scaling.
@@ -50,9 +52,6 @@ def lars(
     optax.trace(decay=momentum, nesterov=False),
     optax.scale_by_learning_rate(learning_rate),
   )
-
-
-OPTIMIZERS = ("lars", "sgd", "adamw")
 
 
 def predictor_mask(params: hk.Params) -> hk.Params:
