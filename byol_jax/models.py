@@ -183,7 +183,7 @@ def make_encoder(spec: EncoderSpec, bn_config: Mapping[str, Any]) -> ResNetEncod
 
 CONV_IMPLS = ("xla", "matmul", "winograd")
 # Where Winograd beats im2col on XLA:CPU (3x3 stride-1 layers): output maps of at least this size
-# (on 2x2 maps the per-tap products already skip all padding, as few multiplications) ...
+# (smaller maps have few multiplications to save, and 2x2 maps are already one dense product) ...
 WINOGRAD_MIN_SIZE = 4
 # ... and at least this many input channels (its 16 products contract over the input channels
 # alone, im2col's over 9x as many: few channels make small, slow products).
@@ -232,9 +232,10 @@ def conv2d_as_matmul(
   stages: 4x4 and 2x2 at 64x64 inputs) most patch entries would be padding, so each kernel tap is
   instead its own product over the input window it meets, padded into place and summed, which
   wastes no work; on the smallest (3x3 on 2x2 maps: every input pixel meets every output pixel)
-  the layer is one product with an [H*W*Cin, OH*OW*Cout] matrix of kernel taps. Either way forward and backward passes are large matrix products plus cheap
-  slicing: XLA:CPU runs those near its matmul speed, while its direct convolutions reach only a
-  few percent of it on a ResNet's small-spatial, many-channel layers. With ``use_winograd``, 3x3
+  the layer is one product with an [H*W*Cin, OH*OW*Cout] matrix of kernel taps. Either way
+  forward and backward passes are large matrix products plus cheap slicing: XLA:CPU runs those
+  near its matmul speed, while its direct convolutions reach only a few percent of it on a
+  ResNet's small-spatial, many-channel layers. With ``use_winograd``, 3x3
   stride-1 SAME layers on maps of at least ``WINOGRAD_MIN_SIZE`` with at least
   ``WINOGRAD_MIN_CHANNELS`` input channels use :func:`byol_jax.winograd.conv3x3` instead (2.25x
   fewer multiplications).
