@@ -20,7 +20,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
-from byol_jax import winograd
+from byol_jax import config_base, winograd
 
 # depth -> (blocks per group, bottleneck blocks)
 RESNET_DEPTHS: dict[str, tuple[tuple[int, ...], bool]] = {
@@ -181,7 +181,7 @@ def make_encoder(spec: EncoderSpec, bn_config: Mapping[str, Any]) -> ResNetEncod
   )
 
 
-CONV_IMPLS = ("xla", "matmul", "winograd")
+CONV_IMPLS = tuple(impl for impl in config_base.CONV_IMPLS if impl != "auto")
 # Where Winograd beats im2col on XLA:CPU (3x3 stride-1 layers): output maps of at least this size
 # (smaller maps have few multiplications to save, and 2x2 maps are already one dense product) ...
 WINOGRAD_MIN_SIZE = 4

@@ -52,14 +52,6 @@ class RunPlan:
   num_examples: int
 
 
-def encoder_spec(config: ml_collections.ConfigDict) -> models.EncoderSpec:
-  return models.EncoderSpec(
-    name=config.model.encoder,
-    width_multiplier=config.model.width_multiplier,
-    small_image_stem=config.model.small_image_stem,
-  )
-
-
 def head_spec(config: ml_collections.ConfigDict) -> models.HeadSpec:
   return models.HeadSpec(
     projector_hidden=config.model.projector_hidden,
@@ -76,7 +68,7 @@ def compute_dtype(config: ml_collections.ConfigDict) -> jnp.dtype:
 def build_network(config: ml_collections.ConfigDict, axis_name: str | None):
   """The BYOL network of the config, computing in :func:`compute_dtype`."""
   network = models.make_byol_network(
-    encoder_spec(config),
+    encoder_lib.spec_from_config(config.model),
     head_spec(config),
     bn_decay=config.model.bn_decay,
     bn_eps=config.model.bn_eps,
@@ -306,6 +298,7 @@ def pretrain(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float
     process_count=jax.process_count(),
     host_colour_ops=config.data.host_colour_ops,
     shuffle_buffer=config.data.shuffle_buffer,
+    num_batches=plan.total_steps - start_step,
   )
   writer = writers.MetricWriter(workdir, enabled=is_main)
   # Steps after the checkpoint we resume from are recomputed: drop their stale records.

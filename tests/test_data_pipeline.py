@@ -76,6 +76,15 @@ def test_resume_equals_uninterrupted(indexed):
       np.testing.assert_array_equal(resumed[key], run[k][key])
 
 
+def test_finite_stream_is_the_prefix_of_the_endless_one(indexed):
+  args = dict(global_batch_size=4, image_size=8, view1=augment.PAPER_T, view2=augment.PAPER_T_PRIME)
+  finite = list(pipeline.pretrain_batches(indexed, seed=0, start_step=2, num_batches=3, **args))
+  endless = pipeline.pretrain_batches(indexed, seed=0, start_step=2, **args)
+  assert len(finite) == 3
+  for got in finite:
+    np.testing.assert_array_equal(got["view1"], next(endless)["view1"])
+
+
 def test_processes_split_the_global_batch(indexed):
   whole = _batches(indexed, 3)
   parts = [_batches(indexed, 3, process_index=i, process_count=2) for i in range(2)]

@@ -290,8 +290,13 @@ def pretrain_batches(
   process_count: int = 1,
   host_colour_ops: bool = True,
   shuffle_buffer: int = 10_000,
+  num_batches: int | None = None,
 ) -> Iterator[dict[str, np.ndarray]]:
-  """Endless pre-training batches for this process, starting at step ``start_step``.
+  """Pre-training batches for this process, starting at step ``start_step``.
+
+  Endless, or ``num_batches`` of them. A run that knows its length should say so: a finite
+  stream is exhausted with no work in flight, while dropping an endless tf.data iterator blocks
+  until its worker threads finish (tens of seconds at the end of CPU runs).
 
   Yields:
     {"view1": [B, S, S, 3], "view2": [B, S, S, 3], "label": int32 [B]} with
@@ -312,6 +317,8 @@ def pretrain_batches(
     host_colour_ops=host_colour_ops,
     shuffle_buffer=shuffle_buffer,
   )
+  if num_batches is not None:
+    ds = ds.take(num_batches)
   yield from ds.as_numpy_iterator()
 
 
