@@ -46,9 +46,21 @@ def lars(
   mask: Callable[[hk.Params], hk.Params] = lars_mask,
 ) -> optax.GradientTransformation:
   """LARS with weight decay, in the original BYOL order (see the module docstring)."""
+  trust_ratio = optax.masked(optax.scale_by_trust_ratio(trust_coefficient=trust_coefficient), mask)
+  return _momentum_sgd(learning_rate, weight_decay, momentum, mask, trust_ratio)
+
+
+def _momentum_sgd(
+  learning_rate: float | Callable[[jax.Array], jax.Array],
+  weight_decay: float,
+  momentum: float,
+  mask: Callable[[hk.Params], hk.Params],
+  *adapt: optax.GradientTransformation,
+) -> optax.GradientTransformation:
+  """``g + wd * w`` (masked), then ``adapt``, heavy-ball momentum and ``-lr``."""
   return optax.chain(
     optax.add_decayed_weights(weight_decay, mask=mask),
-    optax.masked(optax.scale_by_trust_ratio(trust_coefficient=trust_coefficient), mask),
+    *adapt,
     optax.trace(decay=momentum, nesterov=False),
     optax.scale_by_learning_rate(learning_rate),
   )
@@ -78,11 +90,7 @@ def make(
   if name == "lars":
     opt = lars(learning_rate, weight_decay, momentum, trust_coefficient, mask)
   elif name == "sgd":
-    opt = optax.chain(
-      optax.add_decayed_weights(weight_decay, mask=mask),
-      optax.trace(decay=momentum, nesterov=False),
-      optax.scale_by_learning_rate(learning_rate),
-    )
+    opt = _momentum_sgd(learning_rate, weight_decay, momentum, mask)
   elif name == "adamw":
     opt = optax.adamw(learning_rate, b1=momentum, weight_decay=weight_decay, mask=mask)
   else:

@@ -150,28 +150,16 @@ def main(argv) -> None:
     flush=True,
   )
   results: dict = dict(checkpoint=weights.source, step=weights.step, encoder=weights.spec.name)
-  trained = encoder_lib.Encoder(weights)
-  results["byol"] = evaluate(
-    "BYOL", trained.embed_views(train_x), train_y, trained.embed_views(test_x), test_y, num_classes
-  )
+
+  def score(name: str, features) -> dict:
+    return evaluate(name, features(train_x), train_y, features(test_x), test_y, num_classes)
+
+  results["byol"] = score("BYOL", encoder_lib.Encoder(weights).embed_views)
   if _BASELINES.value:
-    rand = random_encoder(weights, _SEED.value, train_x)
-    results["random_init"] = evaluate(
-      "random init",
-      rand.embed_views(train_x),
-      train_y,
-      rand.embed_views(test_x),
-      test_y,
-      num_classes,
+    results["random_init"] = score(
+      "random init", random_encoder(weights, _SEED.value, train_x).embed_views
     )
-    results["pixels"] = evaluate(
-      "raw pixels",
-      train_x.reshape(len(train_x), -1),
-      train_y,
-      test_x.reshape(len(test_x), -1),
-      test_y,
-      num_classes,
-    )
+    results["pixels"] = score("raw pixels", lambda x: x.reshape(len(x), -1))
   out = _OUT.value or (
     _WORKDIR.value if os.path.isdir(os.path.join(_WORKDIR.value, "checkpoints")) else "."
   )

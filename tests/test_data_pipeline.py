@@ -4,6 +4,8 @@ per-process sharding, epoch coverage and evaluation padding.
 
 from __future__ import annotations
 
+import itertools
+
 import numpy as np
 import pytest
 
@@ -78,7 +80,8 @@ def test_resume_equals_uninterrupted(indexed):
 
 def test_finite_stream_is_the_prefix_of_the_endless_one(indexed):
   args = dict(global_batch_size=4, image_size=8, view1=augment.PAPER_T, view2=augment.PAPER_T_PRIME)
-  finite = list(pipeline.pretrain_batches(indexed, seed=0, start_step=2, num_batches=3, **args))
+  stream = pipeline.pretrain_batches(indexed, seed=0, start_step=2, num_batches=3, **args)
+  finite = list(itertools.islice(stream, 4))  # a 4th batch would mean the stream is endless
   endless = pipeline.pretrain_batches(indexed, seed=0, start_step=2, **args)
   assert len(finite) == 3
   for got in finite:
