@@ -166,6 +166,9 @@ def get_base_config() -> ml_collections.ConfigDict:
   c.eval.knn_temperature = 0.1
   c.eval.knn_train_examples = 10_000
   c.eval.knn_eval_examples = 10_000
+  # Centre-crop size of the monitor's views (0: data.eval_image_size; short side resized in the
+  # same ratio as data.eval_resize): a smaller one makes the monitor cheaper.
+  c.eval.knn_image_size = 0
   # Online linear probe: a linear classifier trained on the stop-gradient online representation
   # during pretraining (as in the original code), which leaves the representation unchanged. Its
   # number of classes (that of the labelled training data), 0 = off.
@@ -176,6 +179,18 @@ def get_base_config() -> ml_collections.ConfigDict:
 def eval_image_size(data: ml_collections.ConfigDict) -> int:
   """The centre-crop size of evaluation views for a run whose data section is ``data``."""
   return int(data.get("eval_image_size", 0) or data.image_size)
+
+
+def eval_view_sizes(data: ml_collections.ConfigDict, image_size: int = 0) -> tuple[int, int]:
+  """(centre-crop size, resize size) of evaluation views, optionally at another crop size.
+
+  ``image_size`` (0: the run's own) keeps the ratio of ``data.eval_resize`` to the run's
+  evaluation size, so a smaller or larger view shows the same part of the image.
+  """
+  size = eval_image_size(data)
+  if not image_size or image_size == size:
+    return size, int(data.eval_resize)
+  return image_size, max(image_size, round(image_size * data.eval_resize / size))
 
 
 def validate_config(config: ml_collections.ConfigDict) -> None:
@@ -221,6 +236,10 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
     )
   check(config.eval.knn_every_steps >= 0, "config.eval.knn_every_steps must be >= 0 (0 = off).")
   check(config.eval.knn_k > 0, "config.eval.knn_k must be positive.")
+  check(
+    config.eval.knn_image_size >= 0,
+    "config.eval.knn_image_size must be >= 0 (0 = data.eval_image_size).",
+  )
   check(
     config.eval.online_probe_classes >= 0,
     "config.eval.online_probe_classes must be >= 0 (0 = no online probe).",

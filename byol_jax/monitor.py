@@ -52,6 +52,7 @@ class KnnMonitor:
           "<path>/<class>/*.jpg, or turn it off with --config.eval.knn_every_steps=0."
         )
     self.spec = spec
+    self.image_size = image_size
     self.every_steps = every_steps
     self.k = k
     self.temperature = temperature
@@ -157,12 +158,13 @@ def from_config(
   )
   held = evaluate.heldout_source(config)
   knn_eval = _subset(held, config.eval.knn_eval_examples, seed, config, config.data.eval_split)
+  image_size, resize_size = config_base.eval_view_sizes(config.data, config.eval.knn_image_size)
   return KnnMonitor(
     encoder_lib.spec_from_config(config.model),
     train_source=knn_train,
     eval_source=knn_eval,
-    image_size=config_base.eval_image_size(config.data),
-    resize_size=config.data.eval_resize,
+    image_size=image_size,
+    resize_size=resize_size,
     every_steps=config.eval.knn_every_steps,
     k=config.eval.knn_k,
     temperature=config.eval.knn_temperature,

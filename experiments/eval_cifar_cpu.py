@@ -11,6 +11,8 @@ of a stratified 10,000-image subset of the training images, and reports for thre
   convergence, its L2 penalty chosen on a fifth of the training subset;
 * weighted kNN: k = 200, cosine similarity, weights exp(sim / 0.1).
 
+Evaluation views are the run's (``data.eval_image_size``, which may upsample the 32x32 images;
+``--image_size=32`` evaluates at the images' own size); raw pixels are always 32x32x3.
 ``--nobaselines`` evaluates the BYOL encoder alone (a minute instead of several: raw pixels'
 3072-d probe is the slow part), for comparing short runs.
 
@@ -37,9 +39,13 @@ _WORKDIR = flags.DEFINE_string("workdir", None, "The pretraining workdir (or a c
 _OUT = flags.DEFINE_string("out", None, "Where the plot goes (default: the workdir).")
 _TRAIN_EXAMPLES = flags.DEFINE_integer("train_examples", 10_000, "Labelled training subset size.")
 _SEED = flags.DEFINE_integer("seed", 0, "Seed of the training subset and of the random encoder.")
+_IMAGE_SIZE = flags.DEFINE_integer(
+  "image_size", 0, "Evaluation view size (0: the run's data.eval_image_size), e.g. 32 for native."
+)
 _BASELINES = flags.DEFINE_bool(
   "baselines", True, "Also evaluate the random encoder and raw pixels (--nobaselines: BYOL only)."
 )
+_PIXELS_SIZE = 32  # CIFAR-10's own resolution: the raw-pixel baseline is 32x32x3
 
 
 def views_of(source: sources.DataSource, image_size: int, resize: int):
@@ -134,32 +140,37 @@ def main(argv) -> None:
       f"{weights.source} was not trained on an image folder with a hold-out "
       "(config.data.holdout): use configs/byol_cifar10_cpu.py."
     )
-  size, resize = config_base.eval_image_size(config.data), config.data.eval_resize
+  size, resize = config_base.eval_view_sizes(config.data, _IMAGE_SIZE.value)
   path, holdout, seed = config.data.path, config.data.holdout, config.data.holdout_seed
   t = time.perf_counter()
   train_all = sources.folder_source(path, holdout=holdout, holdout_seed=seed, subset="train")
   held = sources.folder_source(path, holdout=holdout, holdout_seed=seed, subset="holdout")
   count = min(_TRAIN_EXAMPLES.value, train_all.num_examples - 1)
   keep = sources.stratified_holdout(train_all.labels, count, _SEED.value)[1]
-  train_x, train_y = views_of(sources.subset_source(train_all, keep), size, resize)
+  train_subset = sources.subset_source(train_all, keep)
+  train_x, train_y = views_of(train_subset, size, resize)
   test_x, test_y = views_of(held, size, resize)
   num_classes = max(train_all.num_classes, held.num_classes)
   print(
-    f"{len(train_y)} training and {len(test_y)} held-out images of {path} "
+    f"{len(train_y)} training and {len(test_y)} held-out images of {path} at {size}x{size} "
     f"({time.perf_counter() - t:.0f} s to read).",
     flush=True,
   )
-  results: dict = dict(checkpoint=weights.source, step=weights.step, encoder=weights.spec.name)
+  results: dict = dict(
+    checkpoint=weights.source, step=weights.step, encoder=weights.spec.name, image_size=size
+  )
 
-  def score(name: str, features) -> dict:
-    return evaluate(name, features(train_x), train_y, features(test_x), test_y, num_classes)
+  def score(name: str, features, train_views=train_x, test_views=test_x) -> dict:
+    return evaluate(name, features(train_views), train_y, features(test_views), test_y, num_classes)
 
   results["byol"] = score("BYOL", encoder_lib.Encoder(weights).embed_views)
   if _BASELINES.value:
     results["random_init"] = score(
       "random init", random_encoder(weights, _SEED.value, train_x).embed_views
     )
-    results["pixels"] = score("raw pixels", lambda x: x.reshape(len(x), -1))
+    # Pixels at the images' own resolution, whatever size the encoders see.
+    native = [views_of(s, _PIXELS_SIZE, _PIXELS_SIZE)[0] for s in (train_subset, held)]
+    results["pixels"] = score("raw pixels", lambda x: x.reshape(len(x), -1), *native)
   out = _OUT.value or (
     _WORKDIR.value if os.path.isdir(os.path.join(_WORKDIR.value, "checkpoints")) else "."
   )

@@ -42,6 +42,16 @@ def test_eval_image_size_defaults_to_the_training_size():
   assert config_base.eval_image_size(config.data) == 32
 
 
+def test_eval_view_sizes_keep_the_resize_ratio_at_another_size():
+  data = config_base.get_base_config().data
+  data.eval_image_size, data.eval_resize = 224, 256
+  assert config_base.eval_view_sizes(data) == (224, 256)
+  assert config_base.eval_view_sizes(data, 224) == (224, 256)
+  assert config_base.eval_view_sizes(data, 112) == (112, 128)
+  data.eval_image_size, data.eval_resize = 64, 64  # e.g. CIFAR-10 upsampled 2x
+  assert config_base.eval_view_sizes(data, 32) == (32, 32)
+
+
 def test_optimizer_fields_are_validated_and_reach_the_hyperparameters():
   from byol_jax import train
   from byol_jax.errors import UserError

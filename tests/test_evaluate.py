@@ -14,7 +14,7 @@ from PIL import Image
 from tiny import REPO, read_metrics
 
 import byol_jax
-from byol_jax import checkpointing, config_base, evaluate, models, probes, train
+from byol_jax import checkpointing, config_base, evaluate, models, monitor, probes, train
 from byol_jax.data import device_augment, pipeline
 from byol_jax.errors import UserError
 
@@ -63,6 +63,16 @@ def test_pretraining_logs_knn_and_online_probe(pretrained):
   assert all(0.0 <= r["knn_top1"] <= 1.0 and 0.0 <= r["probe_top1"] <= 1.0 for r in knn)
   logged = [r for r in records if "loss" in r]
   assert all("probe_train_top1" in r and np.isfinite(r["probe_loss"]) for r in logged)
+
+
+def test_knn_monitor_can_use_smaller_views_than_the_evaluation():
+  config = tiny_config(**{"data.eval_image_size": 24, "data.eval_resize": 24})
+  assert monitor.from_config(config, train.make_source(config, "train")).image_size == 24
+  config.eval.knn_image_size = 8
+  small = monitor.from_config(config, train.make_source(config, "train"))
+  assert small.image_size == 8
+  # Views are prepared once, at the monitor's size.
+  assert {b["image"].shape[1:] for b in small._eval} == {(8, 8, 3)}
 
 
 def test_load_encoder_matches_the_training_network_and_the_knn_monitor(pretrained):
