@@ -188,7 +188,7 @@ def eval_view_sizes(data: ml_collections.ConfigDict, image_size: int = 0) -> tup
   evaluation size, so a smaller or larger view shows the same part of the image.
   """
   size = eval_image_size(data)
-  if not image_size or image_size == size:
+  if not image_size:
     return size, int(data.eval_resize)
   return image_size, max(image_size, round(image_size * data.eval_resize / size))
 

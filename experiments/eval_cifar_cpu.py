@@ -169,7 +169,9 @@ def main(argv) -> None:
       "random init", random_encoder(weights, _SEED.value, train_x).embed_views
     )
     # Pixels at the images' own resolution, whatever size the encoders see.
-    native = [views_of(s, _PIXELS_SIZE, _PIXELS_SIZE)[0] for s in (train_subset, held)]
+    native = [train_x, test_x]
+    if (size, resize) != (_PIXELS_SIZE, _PIXELS_SIZE):
+      native = [views_of(s, _PIXELS_SIZE, _PIXELS_SIZE)[0] for s in (train_subset, held)]
     results["pixels"] = score("raw pixels", lambda x: x.reshape(len(x), -1), *native)
   out = _OUT.value or (
     _WORKDIR.value if os.path.isdir(os.path.join(_WORKDIR.value, "checkpoints")) else "."
