@@ -14,7 +14,7 @@ import itertools
 import math
 import os
 from collections.abc import Iterator
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import jax
 import jax.numpy as jnp
@@ -28,7 +28,6 @@ from byol_jax import (
   checkpointing,
   config_base,
   models,
-  monitor,
   parallel,
   precision,
   preemption,
@@ -36,8 +35,11 @@ from byol_jax import (
   writers,
 )
 from byol_jax import encoder as encoder_lib
-from byol_jax.data import augment, pipeline, sources
+from byol_jax.data import params as augment_params
 from byol_jax.errors import UserError
+
+if TYPE_CHECKING:
+  from byol_jax.data import sources
 
 AXIS = "batch"
 
@@ -81,10 +83,10 @@ def build_network(config: ml_collections.ConfigDict, axis_name: str | None):
 
 def view_params(
   config: ml_collections.ConfigDict,
-) -> tuple[augment.AugmentParams, augment.AugmentParams]:
+) -> tuple[augment_params.AugmentParams, augment_params.AugmentParams]:
   return (
-    augment.AugmentParams.from_mapping(config.augment.view1),
-    augment.AugmentParams.from_mapping(config.augment.view2),
+    augment_params.AugmentParams.from_mapping(config.augment.view1),
+    augment_params.AugmentParams.from_mapping(config.augment.view2),
   )
 
 
@@ -92,6 +94,10 @@ def make_source(
   config: ml_collections.ConfigDict, split: str, subset: str = "train"
 ) -> sources.DataSource:
   """The data source of ``split``; for image folders, ``subset`` picks the train or hold-out part."""
+  # The data modules (TensorFlow) load only where data is read: the step, the model and the
+  # encoder build on hosts without TensorFlow (accelerator benchmarks, embedding).
+  from byol_jax.data import sources
+
   d = config.data
   return sources.make_source(
     d.source,
@@ -246,6 +252,9 @@ def with_encoder_from(state: byol.TrainState, config: ml_collections.ConfigDict)
 
 def pretrain(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:
   """Runs (or resumes) BYOL pretraining; returns the last logged metrics."""
+  from byol_jax import monitor  # the data modules load here: see make_source
+  from byol_jax.data import pipeline
+
   config_base.validate_config(config)
   check_devices(config.batch_size, config.optim.grad_accum_steps)
   source = make_source(config, config.data.train_split)

@@ -10,10 +10,12 @@ timed (the input pipeline has its own benchmark). Compilation and a warm-up step
 the figure is the median of ``--steps`` steps. FLOPs per step come from XLA's cost analysis of
 the step (with XLA's convolutions, which count only useful work), and the matmul peak is the best
 of XLA's, numpy's BLAS and (with ``--vs_pytorch``) torch's fp32 2048x2048 matmul, measured in the
-same run, so the percentage compares like with like. ``--vs_pytorch`` then times lucidrains'
-byol-pytorch on the same workload (experiments/byol_pytorch_step.py; torch, torchvision and
-byol-pytorch are optional extras, in this interpreter or in ``--pytorch_python``). The last line
-printed is one JSON object.
+same run, so the percentage compares like with like. On a GPU or TPU the peak is XLA's 8192x8192
+matmul in the step's compute dtype (bfloat16 by default there). The step imports no TensorFlow,
+so it runs on an accelerator host with only JAX, Haiku, optax and ml-collections installed.
+``--vs_pytorch`` then times lucidrains' byol-pytorch on the same workload
+(experiments/byol_pytorch_step.py; torch, torchvision and byol-pytorch are optional extras, in
+this interpreter or in ``--pytorch_python``). The last line printed is one JSON object.
 """
 
 from __future__ import annotations
@@ -53,12 +55,20 @@ def standard_config():
   return config
 
 
-def matmul_gflops(n: int = 2048, repeats: int = 10) -> dict[str, float]:
-  """Achieved fp32 GFLOP/s of an n x n matmul through XLA and through numpy's BLAS (medians)."""
+def matmul_gflops(dtype=jnp.float32, repeats: int = 10) -> dict[str, float]:
+  """Achieved GFLOP/s of a square matmul through XLA, and on CPU through numpy's BLAS (medians).
+
+  On CPU the matmul is fp32 2048 x 2048; on an accelerator it is 8192 x 8192 in ``dtype`` (the
+  step's compute dtype), large enough to fill the chip's matrix units.
+  """
+  on_cpu = jax.default_backend() == "cpu"
+  n = 2048 if on_cpu else 8192
   a = np.random.default_rng(0).normal(size=(n, n)).astype(np.float32)
-  a_dev = jnp.asarray(a)
+  a_dev = jnp.asarray(a, dtype)
   f = jax.jit(lambda x: x @ x)
-  runs = dict(xla=lambda: f(a_dev).block_until_ready(), numpy=lambda: a @ a)
+  runs = dict(xla=lambda: f(a_dev).block_until_ready())
+  if on_cpu:
+    runs["numpy"] = lambda: a @ a
   result = {}
   for name, run in runs.items():
     run()
@@ -84,7 +94,7 @@ def build_step(config, devices):
     axis_name=train.AXIS,
     device_colour_ops=None if config.data.host_colour_ops else (view1, view2),
   )
-  p_update = jax.pmap(update, axis_name=train.AXIS, donate_argnums=(0,))
+  p_update = jax.pmap(update, axis_name=train.AXIS, donate_argnums=(0,), devices=devices)
   state = parallel.replicate(train.initial_state(config, optimizer), devices)
   rng = parallel.replicate(jax.random.PRNGKey(0), devices)
   size, batch = config.data.image_size, config.batch_size
@@ -144,13 +154,16 @@ def main() -> None:
   t = time.perf_counter()
   compiled = p_update.lower(*inputs).compile()
   compile_s = time.perf_counter() - t
-  # The model's FLOPs are those of XLA's own convolutions, which count only the kernel taps
-  # that meet the image; the matmul formulation also multiplies zero padding, counted apart.
+  executed = float(_cost(compiled).get("flops", float("nan"))) * len(devices)
+  # The model's FLOPs are those of XLA's own convolutions on the CPU, which count only the kernel
+  # taps that meet the image (the matmul formulation also multiplies zero padding, counted
+  # apart), from one device's share of the batch: the GPU's cost analysis leaves out the
+  # convolutions it hands to cuDNN.
   reference = config.copy_and_resolve_references()
   reference.model.conv_impl = "xla"
-  ref_update, ref_inputs = build_step(reference, devices)
-  flops = float(ref_update.lower(*ref_inputs).cost_analysis()["flops"]) * len(devices)
-  executed = float(_cost(compiled).get("flops", float("nan"))) * len(devices)
+  reference.batch_size = batch // len(devices)
+  ref_update, ref_inputs = build_step(reference, jax.devices("cpu")[:1])
+  flops = float(_cost(ref_update.lower(*ref_inputs)).get("flops", "nan")) * len(devices)
   del ref_update, ref_inputs
 
   state, views, rng = inputs
@@ -163,7 +176,7 @@ def main() -> None:
     jax.block_until_ready(metrics)
     times.append(time.perf_counter() - t)
   step_s = statistics.median(times)
-  peaks = matmul_gflops()
+  peaks = matmul_gflops(train.compute_dtype(config))
   pytorch = None
   if args.vs_pytorch:
     pytorch = run_pytorch(args.pytorch_python, size, batch, args.steps, config)
@@ -177,6 +190,9 @@ def main() -> None:
     conv_impl=models.resolve_conv_impl(config.model.conv_impl, devices[0].platform),
     devices=len(devices),
     platform=devices[0].platform,
+    device_kind=devices[0].device_kind,
+    compute_dtype=train.compute_dtype(config).name,
+    jax_version=jax.__version__,
     compile_s=round(compile_s, 1),
     step_s=step_s,
     images_per_s=batch / step_s,
@@ -207,9 +223,10 @@ def main() -> None:
   print(json.dumps(result))
 
 
-def _cost(compiled) -> dict:
-  cost = compiled.cost_analysis()
-  return cost[0] if isinstance(cost, list | tuple) else cost
+def _cost(stage) -> dict:
+  """XLA's cost analysis of a lowered or compiled computation, as one dict."""
+  cost = stage.cost_analysis()
+  return (cost[0] if isinstance(cost, list | tuple) else cost) or {}
 
 
 if __name__ == "__main__":

@@ -180,6 +180,32 @@ def test_hsv_round_trip():
   np.testing.assert_allclose(np.asarray(D.hsv_to_rgb(*D.rgb_to_hsv(jnp.asarray(x)))), x, atol=1e-6)
 
 
+def test_batched_jitter_applies_the_four_ops_one_after_another_in_the_drawn_order():
+  """The vmapped jitter (one HSV round trip per position) equals the ops applied in turn."""
+  params = A.PAPER_T
+  images = jnp.asarray(np.stack([_image(8, seed=s) for s in range(6)]))
+  # threefry: its bits are the same with and without vmap (those of the suite's "rbg" are not).
+  keys = jax.random.split(jax.random.key(5, impl="threefry2x32"), len(images))
+  got = np.asarray(jax.vmap(lambda x, k: D._colour_jitter(x, k, params))(images, keys))
+  for image, key, out in zip(images, keys, got, strict=True):
+    k_order, k_b, k_c, k_s, k_h = jax.random.split(key, 5)
+
+    def draw(k, amount, centre=0.0):
+      return float(jax.random.uniform(k, (), jnp.float32, centre - amount, centre + amount))
+
+    ops = [
+      (D.adjust_brightness, draw(k_b, params.brightness)),
+      (D.adjust_contrast, draw(k_c, params.contrast, 1.0)),
+      (D.adjust_saturation, draw(k_s, params.saturation, 1.0)),
+      (D.adjust_hue, draw(k_h, params.hue)),
+    ]
+    want = image
+    for i in np.argsort(np.asarray(jax.random.uniform(k_order, (4,)))):
+      op, magnitude = ops[i]
+      want = jnp.clip(op(want, magnitude), 0.0, 1.0)
+    np.testing.assert_allclose(out, np.asarray(want), atol=1e-6)
+
+
 def test_normalize_and_to_float():
   u8 = np.array([[[[0, 128, 255]]]], np.uint8)
   f = np.asarray(D.to_float(jnp.asarray(u8)))

@@ -3,6 +3,8 @@
 import functools
 import os
 import shutil
+import subprocess
+import sys
 
 import jax
 import numpy as np
@@ -170,3 +172,21 @@ def test_encoder_only_warm_start_from_another_architecture(tmp_root):
       if module.startswith("res_net_tiny"):
         jax.tree.map(close, leaves, trained["online_params"][module])
   assert warm["online_params"]["projector/linear_1"]["w"].shape[-1] == 8
+
+
+def test_step_and_encoder_import_without_tensorflow():
+  """Accelerator hosts that only run the step, or only embed images, need no TensorFlow."""
+  code = (
+    "import sys\n"
+    "sys.modules['tensorflow'] = sys.modules['tensorflow_datasets'] = None\n"
+    "import byol_jax.byol, byol_jax.encoder, byol_jax.train\n"
+    "import byol_jax.data as data\n"
+    "assert data.PAPER_T_PRIME.solarize_prob == 0.2\n"
+    "try:\n"
+    "  data.make_source\n"
+    "except ImportError:\n"
+    "  print('data modules load on use')\n"
+  )
+  done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+  assert done.returncode == 0, done.stderr
+  assert done.stdout.strip() == "data modules load on use"

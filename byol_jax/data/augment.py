@@ -28,95 +28,23 @@ same distribution, for running it on the accelerator.
 
 from __future__ import annotations
 
-import dataclasses
 import functools
 import math
-from collections.abc import Mapping
-from typing import Any
 
 import tensorflow as tf
 
-from byol_jax.errors import UserError
+from byol_jax.data.params import (  # noqa: F401  (re-exported: augment.AugmentParams etc.)
+  GRAY_WEIGHTS,
+  PAPER_T,
+  PAPER_T_PRIME,
+  PRESETS,
+  SOLARIZE_THRESHOLD,
+  AugmentParams,
+  blur_radius,
+  get_preset,
+)
 
-# Luma weights of the original code (ITU-R 601-2, as in tf.image.rgb_to_grayscale).
-GRAY_WEIGHTS = (0.2989, 0.5870, 0.1140)
-SOLARIZE_THRESHOLD = 0.5
 CROP_ATTEMPTS = 10
-
-
-@dataclasses.dataclass(frozen=True)
-class AugmentParams:
-  """Parameters of one view's augmentation; the defaults are the paper's T (view 1)."""
-
-  crop_area_min: float = 0.08
-  crop_area_max: float = 1.0
-  crop_aspect_min: float = 3 / 4
-  crop_aspect_max: float = 4 / 3
-  flip_prob: float = 0.5
-  jitter_prob: float = 0.8
-  brightness: float = 0.4
-  contrast: float = 0.4
-  saturation: float = 0.2
-  hue: float = 0.1
-  gray_prob: float = 0.2
-  blur_prob: float = 1.0
-  blur_sigma_min: float = 0.1
-  blur_sigma_max: float = 2.0
-  blur_kernel_fraction: float = 0.1
-  solarize_prob: float = 0.0
-
-  @classmethod
-  def from_mapping(cls, values: Mapping[str, Any]) -> AugmentParams:
-    """Builds params from a dict or ConfigDict with exactly this class's field names."""
-    names = {f.name for f in dataclasses.fields(cls)}
-    given = dict(values.items())
-    unknown = sorted(set(given) - names)
-    if unknown:
-      raise UserError(f"Unknown augmentation parameter(s) {unknown}: use only {sorted(names)}.")
-    return cls(**{k: float(v) for k, v in given.items()})
-
-  def replace(self, **changes: float) -> AugmentParams:
-    """Returns a copy with some fields changed."""
-    return dataclasses.replace(self, **changes)
-
-
-PAPER_T = AugmentParams()
-PAPER_T_PRIME = AugmentParams(blur_prob=0.1, solarize_prob=0.2)
-
-_NO_COLOUR = dict(jitter_prob=0.0, gray_prob=0.0)
-_CROP_ONLY = dict(flip_prob=0.0, jitter_prob=0.0, gray_prob=0.0, blur_prob=0.0, solarize_prob=0.0)
-
-# Augmentation ablations (dropping transformations, as in the paper): name -> (view 1, view 2).
-PRESETS: dict[str, tuple[AugmentParams, AugmentParams]] = {
-  "paper": (PAPER_T, PAPER_T_PRIME),
-  "symmetric": (PAPER_T, PAPER_T),
-  "crop_only": (PAPER_T.replace(**_CROP_ONLY), PAPER_T_PRIME.replace(**_CROP_ONLY)),
-  "crop_flip": (
-    PAPER_T.replace(**dict(_CROP_ONLY, flip_prob=0.5)),
-    PAPER_T_PRIME.replace(**dict(_CROP_ONLY, flip_prob=0.5)),
-  ),
-  "crop_flip_colour": (
-    PAPER_T.replace(blur_prob=0.0, solarize_prob=0.0),
-    PAPER_T_PRIME.replace(blur_prob=0.0, solarize_prob=0.0),
-  ),
-  "no_colour": (PAPER_T.replace(**_NO_COLOUR), PAPER_T_PRIME.replace(**_NO_COLOUR)),
-  "no_jitter": (PAPER_T.replace(jitter_prob=0.0), PAPER_T_PRIME.replace(jitter_prob=0.0)),
-  "no_grayscale": (PAPER_T.replace(gray_prob=0.0), PAPER_T_PRIME.replace(gray_prob=0.0)),
-  "no_blur": (PAPER_T.replace(blur_prob=0.0), PAPER_T_PRIME.replace(blur_prob=0.0)),
-  "no_solarize": (PAPER_T, PAPER_T_PRIME.replace(solarize_prob=0.0)),
-}
-
-
-def get_preset(name: str) -> tuple[AugmentParams, AugmentParams]:
-  """Returns the (view 1, view 2) params of a named preset."""
-  if name not in PRESETS:
-    raise UserError(f"Unknown augmentation preset {name!r}: choose one of {sorted(PRESETS)}.")
-  return PRESETS[name]
-
-
-def blur_radius(side: int, kernel_fraction: float) -> int:
-  """Radius of the blur kernel (kernel size 2r + 1) for an image side, as in the original."""
-  return int(side * kernel_fraction / 2)
 
 
 # --------------------------------------------------------------------------------------------

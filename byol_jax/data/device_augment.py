@@ -12,7 +12,7 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
-from byol_jax.data.augment import GRAY_WEIGHTS, SOLARIZE_THRESHOLD, AugmentParams, blur_radius
+from byol_jax.data.params import GRAY_WEIGHTS, SOLARIZE_THRESHOLD, AugmentParams, blur_radius
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -129,31 +129,51 @@ def gaussian_blur(image: jax.Array, sigma: jax.Array, radius: int) -> jax.Array:
 # Random colour augmentation.
 
 
+# Jitter op kinds, in the order in which the random permutation is drawn.
+_BRIGHTNESS, _CONTRAST, _SATURATION, _HUE = range(4)
+
+
+def _jitter_op(image: jax.Array, kind: jax.Array, magnitude: jax.Array) -> jax.Array:
+  """One jitter op of a traced ``kind`` (a ``_BRIGHTNESS``... value), clipped to [0, 1].
+
+  Under ``vmap`` a ``lax.switch`` over the four ops computes all four, two of them with an HSV
+  round trip each. Here saturation and hue share one round trip (the other's parameter left
+  neutral, which changes no bit: ``mod(h, 1) == h`` and ``clip(s, 0, 1) == s`` on HSV values),
+  so each position costs about half as much and gives the same values.
+  """
+  hue, sat, value = rgb_to_hsv(image)
+  hue = jnp.where(kind == _HUE, jnp.mod(hue + magnitude, 1.0), hue)
+  sat = jnp.where(kind == _SATURATION, jnp.clip(sat * magnitude, 0.0, 1.0), sat)
+  out = jnp.where(
+    kind == _BRIGHTNESS,
+    adjust_brightness(image, magnitude),
+    jnp.where(kind == _CONTRAST, adjust_contrast(image, magnitude), hsv_to_rgb(hue, sat, value)),
+  )
+  return jnp.clip(out, 0.0, 1.0)
+
+
 def _colour_jitter(image: jax.Array, key: jax.Array, params: AugmentParams) -> jax.Array:
   k_order, k_b, k_c, k_s, k_h = jax.random.split(key, 5)
 
   def uniform(k: jax.Array, lo: float, hi: float) -> jax.Array:
     return jax.random.uniform(k, (), jnp.float32, lo, hi)
 
-  ops = []
+  ops = []  # (kind, magnitude) of the ops with a non-zero strength
   if params.brightness > 0:
-    delta = uniform(k_b, -params.brightness, params.brightness)
-    ops.append(lambda x: adjust_brightness(x, delta))
+    ops.append((_BRIGHTNESS, uniform(k_b, -params.brightness, params.brightness)))
   if params.contrast > 0:
-    factor_c = uniform(k_c, 1.0 - params.contrast, 1.0 + params.contrast)
-    ops.append(lambda x: adjust_contrast(x, factor_c))
+    ops.append((_CONTRAST, uniform(k_c, 1.0 - params.contrast, 1.0 + params.contrast)))
   if params.saturation > 0:
-    factor_s = uniform(k_s, 1.0 - params.saturation, 1.0 + params.saturation)
-    ops.append(lambda x: adjust_saturation(x, factor_s))
+    ops.append((_SATURATION, uniform(k_s, 1.0 - params.saturation, 1.0 + params.saturation)))
   if params.hue > 0:
-    delta_h = uniform(k_h, -params.hue, params.hue)
-    ops.append(lambda x: adjust_hue(x, delta_h))
+    ops.append((_HUE, uniform(k_h, -params.hue, params.hue)))
   if not ops:
     return image
   order = jnp.argsort(jax.random.uniform(k_order, (len(ops),)))
-  branches = [lambda x, op=op: jnp.clip(op(x), 0.0, 1.0) for op in ops]
+  kinds = jnp.asarray([kind for kind, _ in ops])[order]
+  magnitudes = jnp.stack([magnitude for _, magnitude in ops])[order]
   for position in range(len(ops)):
-    image = jax.lax.switch(order[position], branches, image)
+    image = _jitter_op(image, kinds[position], magnitudes[position])
   return image
 
 
