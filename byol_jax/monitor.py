@@ -80,6 +80,10 @@ class KnnMonitor:
     """Whether ``step`` is a monitoring step (every ``every_steps`` steps, and the last one)."""
     return self.every_steps > 0 and (step % self.every_steps == 0 or step == total_steps)
 
+  def views(self, which: str = "eval") -> list[dict[str, np.ndarray]]:
+    """The prepared batches (image, label, mask) of the "train" or "eval" set."""
+    return self._train if which == "train" else self._eval
+
   def features(
     self, params, state, which: str = "eval", replicated: bool = True
   ) -> tuple[np.ndarray, np.ndarray]:
@@ -89,7 +93,7 @@ class KnnMonitor:
     if not replicated:
       params, state = parallel.replicate((params, state))
     feats, labels = [], []
-    for batch in self._train if which == "train" else self._eval:
+    for batch in self.views(which):
       out = self._p_encode(params, state, parallel.shard(batch["image"]))
       out = np.asarray(out).reshape(len(batch["image"]), -1)
       feats.append(out[batch["mask"]])

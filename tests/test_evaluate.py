@@ -72,7 +72,7 @@ def test_knn_monitor_can_use_smaller_views_than_the_evaluation():
   small = monitor.from_config(config, train.make_source(config, "train"))
   assert small.image_size == 8
   # Views are prepared once, at the monitor's size.
-  assert {b["image"].shape[1:] for b in small._eval} == {(8, 8, 3)}
+  assert {b["image"].shape[1:] for b in small.views("eval")} == {(8, 8, 3)}
 
 
 def test_load_encoder_matches_the_training_network_and_the_knn_monitor(pretrained):
