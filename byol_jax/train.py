@@ -94,8 +94,8 @@ def make_source(
   config: ml_collections.ConfigDict, split: str, subset: str = "train"
 ) -> sources.DataSource:
   """The data source of ``split``; for image folders, ``subset`` picks the train or hold-out part."""
-  # The data modules (TensorFlow) load only where data is read: the step, the model and the
-  # encoder build on hosts without TensorFlow (accelerator benchmarks, embedding).
+  # The data modules (TensorFlow) load only where data is read, so the step and the model build
+  # on hosts without TensorFlow (accelerator benchmarks).
   from byol_jax.data import sources
 
   d = config.data

@@ -11,8 +11,8 @@ the figure is the median of ``--steps`` steps. FLOPs per step come from XLA's co
 the step (with XLA's convolutions, which count only useful work), and the matmul peak is the best
 of XLA's, numpy's BLAS and (with ``--vs_pytorch``) torch's fp32 2048x2048 matmul, measured in the
 same run, so the percentage compares like with like. On a GPU or TPU the peak is XLA's 8192x8192
-matmul in the step's compute dtype (bfloat16 by default there). The step imports no TensorFlow,
-so it runs on an accelerator host with only JAX, Haiku, optax and ml-collections installed.
+matmul in the step's compute dtype (bfloat16 by default there). The step imports no TensorFlow:
+an accelerator host needs only JAX, Haiku, optax, orbax-checkpoint, absl-py and ml-collections.
 ``--vs_pytorch`` then times lucidrains' byol-pytorch on the same workload
 (experiments/byol_pytorch_step.py; torch, torchvision and byol-pytorch are optional extras, in
 this interpreter or in ``--pytorch_python``). The last line printed is one JSON object.

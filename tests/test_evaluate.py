@@ -15,7 +15,7 @@ from tiny import REPO, read_metrics
 
 import byol_jax
 from byol_jax import checkpointing, config_base, evaluate, models, monitor, probes, train
-from byol_jax.data import device_augment, pipeline
+from byol_jax.data import device_augment, pipeline, sources
 from byol_jax.errors import UserError
 
 
@@ -101,7 +101,7 @@ def test_load_encoder_matches_the_training_network_and_the_knn_monitor(pretraine
   np.testing.assert_allclose(step_folder(source.images / 255.0), features, rtol=1e-4, atol=1e-4)
   # The last kNN figure of the run, recomputed from load_encoder features.
   train_source = train.make_source(config, "train")
-  keep = train.sources.stratified_holdout(train_source.labels, 48, config.data.holdout_seed + 1)[1]
+  keep = sources.stratified_holdout(train_source.labels, 48, config.data.holdout_seed + 1)[1]
   acc = probes.knn_accuracy(
     enc(train_source.images[keep]), train_source.labels[keep], features, source.labels, 4, k=20
   )

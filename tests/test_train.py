@@ -175,7 +175,7 @@ def test_encoder_only_warm_start_from_another_architecture(tmp_root):
 
 
 def test_step_and_encoder_import_without_tensorflow():
-  """Accelerator hosts that only run the step, or only embed images, need no TensorFlow."""
+  """An accelerator host that only runs the update step needs no TensorFlow."""
   code = (
     "import sys\n"
     "sys.modules['tensorflow'] = sys.modules['tensorflow_datasets'] = None\n"

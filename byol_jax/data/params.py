@@ -2,7 +2,7 @@
 
 Plain Python, without TensorFlow or JAX, so that both implementations of the augmentation
 (``augment`` on the host in TensorFlow, ``device_augment`` on the accelerator in JAX) and the
-trainer can share them; the training step and the encoder never import TensorFlow.
+trainer can share them; the training step never imports TensorFlow.
 """
 
 from __future__ import annotations
