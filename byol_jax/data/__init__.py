@@ -5,7 +5,7 @@ Nothing here knows about models: the trainer gets numpy batches from :func:`pret
 device with :func:`colour_augment`.
 
 The names below load their submodule on first use, so that importing ``params`` or
-``device_augment`` (the training step, the encoder) does not import TensorFlow.
+``device_augment`` (as the training step does) does not import TensorFlow.
 """
 
 from __future__ import annotations
