@@ -24,6 +24,10 @@ STEPS = 3
 # Checkpoints at steps 2 and 3; metrics at every step.
 OVERRIDES = {"num_steps": STEPS, "checkpoint_every_steps": 2}
 TIMEOUT_S = 480
+# gloo's own connection report, which its C++ code sometimes prints to stdout in any process.
+GLOO_LINE = re.compile(
+  r"\d+ is connected to \d+ peer ranks\. Expected number of connected peer ranks is : \d+"
+)
 
 
 def _free_port() -> int:
@@ -145,7 +149,8 @@ def test_two_processes_train_like_one(tmp_path):
   assert "on 4 device(s)" in reference_run.stdout
   assert f"Done: {STEPS} steps" in p0.stdout
   # Only process 0 reports and writes logs; every process takes part in the checkpoints.
-  assert p1.stdout.strip() == "", p1.stdout
+  printed = [line.strip() for line in p1.stdout.splitlines() if line.strip()]
+  assert [line for line in printed if not GLOO_LINE.fullmatch(line)] == [], p1.stdout
   records = read_metrics(multi)
   assert [r["step"] for r in records] == list(range(1, STEPS + 1))
   events = os.listdir(os.path.join(multi, "tensorboard"))
