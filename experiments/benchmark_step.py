@@ -15,7 +15,9 @@ matmul in the step's compute dtype (bfloat16 by default there). The step imports
 an accelerator host needs only JAX, Haiku, optax, orbax-checkpoint, absl-py and ml-collections.
 ``--vs_pytorch`` then times lucidrains' byol-pytorch on the same workload
 (experiments/byol_pytorch_step.py; torch, torchvision and byol-pytorch are optional extras, in
-this interpreter or in ``--pytorch_python``). The last line printed is one JSON object.
+this interpreter or in ``--pytorch_python``). The last line printed is one JSON object; its
+``executed_gflop_per_step`` is XLA's count for the compiled step as run, which on GPUs leaves
+out the convolutions handed to cuDNN (``gflop_per_step`` is the figure behind the rates).
 """
 
 from __future__ import annotations
