@@ -91,6 +91,9 @@ def get_base_config() -> ml_collections.ConfigDict:
   c.model.encoder = "resnet50"
   c.model.width_multiplier = 1
   c.model.small_image_stem = False  # 3x3 stride-1 first conv and no max-pool, for 32x32 data
+  # Residual blocks per stage of the "tiny" encoder (8-16-32-64 channels x width_multiplier);
+  # a 0 leaves that stage out, e.g. (0, 1, 1, 1) goes from the stem straight to the stride-2 stage.
+  c.model.tiny_blocks = (1, 1, 1, 1)
   c.model.projector_hidden = 4096
   c.model.projector_output = 256
   c.model.predictor_hidden = 4096
@@ -252,6 +255,12 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
   check(
     config.model.width_multiplier >= 1,
     "config.model.width_multiplier must be a positive integer (1, 2, 4).",
+  )
+  blocks = tuple(config.model.tiny_blocks)
+  check(
+    len(blocks) == 4 and all(isinstance(b, int) and b >= 0 for b in blocks) and any(blocks),
+    f"config.model.tiny_blocks={blocks} must be four block counts >= 0, not all 0: "
+    "e.g. --config.model.tiny_blocks='(1,1,1,1)'.",
   )
   check(config.batch_size > 0, f"config.batch_size={config.batch_size} must be positive.")
   check(config.data.image_size >= 8, "config.data.image_size must be at least 8 pixels.")

@@ -55,6 +55,7 @@ def spec_from_config(model: Mapping[str, Any]) -> models.EncoderSpec:
     name=model["encoder"],
     width_multiplier=int(model["width_multiplier"]),
     small_image_stem=bool(model["small_image_stem"]),
+    tiny_blocks=tuple(int(b) for b in model.get("tiny_blocks", (1, 1, 1, 1))),
   )
 
 
@@ -71,7 +72,8 @@ def encoder_part(tree: Mapping[str, Any], spec: models.EncoderSpec) -> dict[str,
 
 def _describe(spec: models.EncoderSpec) -> str:
   stem = ", small-image stem" if spec.small_image_stem else ""
-  return f"{spec.name} x{spec.width_multiplier}{stem}"
+  blocks = f", blocks {spec.tiny_blocks}" if spec.name == "tiny" else ""
+  return f"{spec.name} x{spec.width_multiplier}{stem}{blocks}"
 
 
 def check_architecture(spec: models.EncoderSpec, model: Mapping[str, Any], where: str) -> None:

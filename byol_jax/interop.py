@@ -31,6 +31,7 @@ import collections
 import io
 import os
 import pickle
+import re
 from collections.abc import Mapping
 from typing import Any
 
@@ -160,8 +161,17 @@ def infer_spec(params: Mapping[str, Any]) -> models.EncoderSpec:
     raise UserError(f"Unsupported encoder {root}: byol_jax knows {config_base.ARCHITECTURES}.")
   kernel = np.shape(params[f"{root}/~/initial_conv"]["w"])
   base = 8 if name == "tiny" else 64
+  blocks = [0] * 4
+  for key in params:
+    match = re.match(rf"{root}/~/block_group_(\d)/~/block_(\d+)/", key)
+    if match:
+      group, block = int(match.group(1)), int(match.group(2))
+      blocks[group] = max(blocks[group], block + 1)
   return models.EncoderSpec(
-    name=name, width_multiplier=max(1, kernel[3] // base), small_image_stem=kernel[0] == 3
+    name=name,
+    width_multiplier=max(1, kernel[3] // base),
+    small_image_stem=kernel[0] == 3,
+    tiny_blocks=tuple(blocks) if name == "tiny" else models.EncoderSpec.tiny_blocks,
   )
 
 
@@ -202,6 +212,7 @@ def import_original(
   config.model.encoder = spec.name
   config.model.width_multiplier = spec.width_multiplier
   config.model.small_image_stem = spec.small_image_stem
+  config.model.tiny_blocks = spec.tiny_blocks
   for key, value in _head_sizes(online_params).items():
     config.model[key] = value
   state = dict(

@@ -43,6 +43,9 @@ class EncoderSpec:
   name: str = "resnet50"  # "tiny" or a key of RESNET_DEPTHS
   width_multiplier: int = 1
   small_image_stem: bool = False
+  # Residual blocks in each of the four stages of the "tiny" encoder (the ResNets' depths are
+  # fixed by their names); a stage of 0 blocks is left out, its stride with it.
+  tiny_blocks: tuple[int, ...] = (1, 1, 1, 1)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -123,6 +126,8 @@ class ResNetEncoder(hk.Module):
     self._groups = []
     in_channels = stem_channels
     for i, (num_blocks, channels) in enumerate(zip(blocks_per_group, channels_per_group)):
+      if num_blocks == 0:
+        continue
       channels *= width_multiplier
       stride = 1 if i == 0 else 2
       self._groups.append(
@@ -156,7 +161,7 @@ def make_encoder(spec: EncoderSpec, bn_config: Mapping[str, Any]) -> ResNetEncod
   """Builds the encoder module named by ``spec`` (call inside a Haiku transform)."""
   if spec.name == "tiny":
     return ResNetEncoder(
-      blocks_per_group=(1, 1, 1, 1),
+      blocks_per_group=spec.tiny_blocks,
       channels_per_group=_TINY_CHANNELS,
       bottleneck=False,
       width_multiplier=spec.width_multiplier,

@@ -70,3 +70,13 @@ def test_optimizer_fields_are_validated_and_reach_the_hyperparameters():
   config.optim.predictor_lr_multiplier = 0.0
   with pytest.raises(UserError, match="predictor_lr_multiplier"):
     config_base.validate_config(config)
+
+
+@pytest.mark.parametrize("blocks", ["(0,0,0,0)", "(1,1,1)", "(1,-1,1,1)"])
+def test_tiny_blocks_are_validated(blocks):
+  from byol_jax.errors import UserError
+
+  config = config_base.get_base_config()
+  config_base.set_fields(config, {"model.tiny_blocks": blocks})
+  with pytest.raises(UserError, match="tiny_blocks"):
+    config_base.validate_config(config)

@@ -100,6 +100,56 @@ def test_output_shapes_and_target_without_predictor():
   assert "prediction" not in target_out
 
 
+def test_tiny_encoder_leaves_out_stages_of_zero_blocks():
+  from byol_jax import config_base, interop
+  from byol_jax import encoder as encoder_lib
+  from byol_jax.errors import UserError
+
+  full, _ = _shapes(models.EncoderSpec("tiny", 2, True))
+  spec = models.EncoderSpec("tiny", 2, True, tiny_blocks=(0, 1, 2, 1))
+  params, _ = _shapes(spec)
+  groups = {k.split("/~/")[1] for k in params if "block_group" in k}
+  assert groups == {"block_group_1", "block_group_2", "block_group_3"}
+  # The stem (16 channels) feeds the stride-2 stage of 32 channels through a projection.
+  assert params["res_net_tiny/~/block_group_1/~/block_0/~/shortcut_conv"]["w"].shape == (
+    1,
+    1,
+    16,
+    32,
+  )
+  assert "res_net_tiny/~/block_group_2/~/block_1/~/conv_1" in params
+  encoder = lambda p: {k: v for k, v in p.items() if k.startswith("res_net")}  # noqa: E731
+  stage0 = lambda p: {k: v for k, v in p.items() if "block_group_0" in k}  # noqa: E731
+  # One block more in stage 2 (64 channels): two 3x3 convs and their BatchNorms.
+  extra = 2 * (3 * 3 * 64 * 64 + 2 * 64)
+  assert _count(encoder(params)) == _count(encoder(full)) - _count(stage0(full)) + extra
+  # The counts are read back from the module names (how imported checkpoints are recognised).
+  assert interop.infer_spec(params) == spec
+  assert interop.infer_spec(full) == models.EncoderSpec("tiny", 2, True)
+  # A config names the same spec, and a checkpoint of the full network does not fit it.
+  config = config_base.get_base_config()
+  config_base.set_fields(
+    config,
+    {
+      "model.encoder": "tiny",
+      "model.width_multiplier": "2",
+      "model.small_image_stem": "True",
+      "model.tiny_blocks": "(0,1,2,1)",
+    },
+  )
+  assert encoder_lib.spec_from_config(config.model) == spec
+  full_params, full_state = encoder_lib.expected_shapes(models.EncoderSpec("tiny", 2, True))
+  encoder_lib.check_fits(spec, *encoder_lib.expected_shapes(spec), "run/checkpoints/10")
+  with pytest.raises(UserError, match=r"blocks \(0, 1, 2, 1\)"):
+    encoder_lib.check_fits(spec, full_params, full_state, "run/checkpoints/10")
+  net = models.make_byol_network(spec, models.HeadSpec(32, 16, 32))
+  x = jnp.zeros((2, 16, 16, 3))
+  out, _ = jax.eval_shape(
+    lambda k: net.apply(*net.init(k, x, True), x, True), jax.random.PRNGKey(0)
+  )
+  assert out["embedding"].shape == (2, 128)
+
+
 def test_stems_set_the_resolution():
   for small, size in [(True, 32), (False, 64)]:
     params, _ = _shapes(models.EncoderSpec("resnet18", small_image_stem=small), size=size)
