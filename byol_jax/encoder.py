@@ -72,7 +72,8 @@ def encoder_part(tree: Mapping[str, Any], spec: models.EncoderSpec) -> dict[str,
 
 def _describe(spec: models.EncoderSpec) -> str:
   stem = ", small-image stem" if spec.small_image_stem else ""
-  blocks = f", blocks {spec.tiny_blocks}" if spec.name == "tiny" else ""
+  default = models.EncoderSpec.tiny_blocks
+  blocks = f", blocks {spec.tiny_blocks}" if spec.tiny_blocks != default else ""
   return f"{spec.name} x{spec.width_multiplier}{stem}{blocks}"
 
 
