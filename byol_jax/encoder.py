@@ -51,11 +51,15 @@ class EncoderWeights:
 
 def spec_from_config(model: Mapping[str, Any]) -> models.EncoderSpec:
   """The encoder spec of a config's ``model`` section (a dict or ConfigDict)."""
+  default_blocks = models.EncoderSpec.tiny_blocks
   return models.EncoderSpec(
     name=model["encoder"],
     width_multiplier=int(model["width_multiplier"]),
     small_image_stem=bool(model["small_image_stem"]),
-    tiny_blocks=tuple(int(b) for b in model.get("tiny_blocks", (1, 1, 1, 1))),
+    # Only the tiny encoder's depth is configurable; the ResNets' come with their names.
+    tiny_blocks=tuple(int(b) for b in model.get("tiny_blocks", default_blocks))
+    if model["encoder"] == "tiny"
+    else default_blocks,
   )
 
 

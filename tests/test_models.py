@@ -138,6 +138,8 @@ def test_tiny_encoder_leaves_out_stages_of_zero_blocks():
     },
   )
   assert encoder_lib.spec_from_config(config.model) == spec
+  config.model.encoder = "resnet18"  # the block counts are the tiny encoder's alone
+  assert encoder_lib.spec_from_config(config.model).tiny_blocks == (1, 1, 1, 1)
   full_params, full_state = encoder_lib.expected_shapes(models.EncoderSpec("tiny", 2, True))
   encoder_lib.check_fits(spec, *encoder_lib.expected_shapes(spec), "run/checkpoints/10")
   with pytest.raises(UserError, match=r"blocks \(0, 1, 2, 1\)"):
