@@ -41,10 +41,18 @@ def flat_dict(tree: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
 NON_ARCHITECTURE_FIELDS = ("model.compute_dtype", "model.conv_impl")
 
 
-def architecture_mismatch(saved: Mapping[str, Any], wanted: Mapping[str, Any]) -> list[str]:
-  """Lists the ``model.*`` fields that differ between two configs (as plain dicts)."""
-  a = flat_dict(saved.get("model", {}), "model.")
+def architecture_mismatch(
+  saved: Mapping[str, Any], wanted: Mapping[str, Any], defaults: Mapping[str, Any] | None = None
+) -> list[str]:
+  """Lists the ``model.*`` fields that differ between two configs (as plain dicts).
+
+  Fields missing from ``saved`` (written before they existed) take their value in ``defaults``;
+  lists (as JSON gives tuples back) compare equal to tuples.
+  """
+  a = flat_dict((defaults or {}).get("model", {}), "model.")
+  a.update(flat_dict(saved.get("model", {}), "model."))
   b = flat_dict(wanted.get("model", {}), "model.")
+  a, b = ({k: tuple(v) if isinstance(v, list) else v for k, v in d.items()} for d in (a, b))
   return [
     f"{k}: checkpoint {a.get(k)!r} vs config {b.get(k)!r}"
     for k in sorted(set(a) | set(b))

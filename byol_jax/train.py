@@ -215,7 +215,9 @@ def restore_or_init(
   state = initial_state(config, optimizer)
 
   def check_architecture(saved: dict[str, Any]) -> None:
-    mismatch = checkpointing.architecture_mismatch(saved, config.to_dict())
+    mismatch = checkpointing.architecture_mismatch(
+      saved, config.to_dict(), config_base.get_base_config().to_dict()
+    )
     if mismatch:
       raise UserError(
         f"The checkpoint in {checkpointer.directory} is of another architecture "

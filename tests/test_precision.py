@@ -181,3 +181,17 @@ def test_compute_dtype_is_not_part_of_the_architecture():
     saved, tiny_config(**{"model.compute_dtype": "bfloat16"}).to_dict()
   )
   assert checkpointing.architecture_mismatch(saved, tiny_config(**{"model.bn_eps": 1e-3}).to_dict())
+
+
+def test_saved_configs_compare_as_json_gives_them_back():
+  import json
+
+  wanted = tiny_config().to_dict()
+  saved = json.loads(json.dumps(wanted))  # tuples come back as lists
+  del saved["model"]["tiny_blocks"]  # a checkpoint written before the field existed
+  defaults = config_base.get_base_config().to_dict()
+  assert not checkpointing.architecture_mismatch(saved, wanted, defaults)
+  other = tiny_config(**{"model.tiny_blocks": (0, 1, 1, 1)}).to_dict()
+  assert checkpointing.architecture_mismatch(saved, other, defaults) == [
+    "model.tiny_blocks: checkpoint (1, 1, 1, 1) vs config (0, 1, 1, 1)"
+  ]
