@@ -42,6 +42,9 @@ PAPER_VIEW1 = dict(
 PAPER_VIEW2 = dict(PAPER_VIEW1, blur_prob=0.1, solarize_prob=0.2)
 
 ARCHITECTURES = ("tiny", "resnet18", "resnet34", "resnet50", "resnet101", "resnet152", "resnet200")
+# The tiny encoder's default stages: residual blocks and output channels (x width_multiplier).
+TINY_BLOCKS = (1, 1, 1, 1)
+TINY_CHANNELS = (8, 16, 32, 64)
 MODES = ("pretrain", "linear_eval", "finetune", "embed", "export_torch", "import_original")
 # Modes that read a trained encoder from config.checkpoint.
 CHECKPOINT_MODES = ("linear_eval", "finetune", "embed", "export_torch")
@@ -91,9 +94,12 @@ def get_base_config() -> ml_collections.ConfigDict:
   c.model.encoder = "resnet50"
   c.model.width_multiplier = 1
   c.model.small_image_stem = False  # 3x3 stride-1 first conv and no max-pool, for 32x32 data
-  # Residual blocks per stage of the "tiny" encoder (8-16-32-64 channels x width_multiplier);
-  # a 0 leaves that stage out, e.g. (0, 1, 1, 1) goes from the stem straight to the stride-2 stage.
-  c.model.tiny_blocks = (1, 1, 1, 1)
+  # Residual blocks per stage of the "tiny" encoder; a 0 leaves that stage out, e.g.
+  # (0, 1, 1, 1) goes from the stem straight to the stride-2 stage.
+  c.model.tiny_blocks = TINY_BLOCKS
+  # Output channels of the tiny encoder's stages, times width_multiplier; the last is the
+  # representation's size. The stem has min(64, first) x width_multiplier channels.
+  c.model.tiny_channels = TINY_CHANNELS
   c.model.projector_hidden = 4096
   c.model.projector_output = 256
   c.model.predictor_hidden = 4096
@@ -261,6 +267,12 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
     len(blocks) == 4 and all(isinstance(b, int) and b >= 0 for b in blocks) and any(blocks),
     f"config.model.tiny_blocks={blocks} must be four block counts >= 0, not all 0: "
     "e.g. --config.model.tiny_blocks='(1,1,1,1)'.",
+  )
+  channels = tuple(config.model.tiny_channels)
+  check(
+    len(channels) == 4 and all(isinstance(n, int) and n >= 1 for n in channels),
+    f"config.model.tiny_channels={channels} must be four positive channel counts: "
+    "e.g. --config.model.tiny_channels='(8,16,32,64)'.",
   )
   check(config.batch_size > 0, f"config.batch_size={config.batch_size} must be positive.")
   check(config.data.image_size >= 8, "config.data.image_size must be at least 8 pixels.")

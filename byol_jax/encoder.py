@@ -51,15 +51,18 @@ class EncoderWeights:
 
 def spec_from_config(model: Mapping[str, Any]) -> models.EncoderSpec:
   """The encoder spec of a config's ``model`` section (a dict or ConfigDict)."""
-  default_blocks = models.EncoderSpec.tiny_blocks
+  # Only the tiny encoder's stages are configurable; the ResNets' come with their names.
+  tiny = model["encoder"] == "tiny"
+
+  def stages(field: str, default: tuple[int, ...]) -> tuple[int, ...]:
+    return tuple(int(n) for n in model.get(field, default)) if tiny else default
+
   return models.EncoderSpec(
     name=model["encoder"],
     width_multiplier=int(model["width_multiplier"]),
     small_image_stem=bool(model["small_image_stem"]),
-    # Only the tiny encoder's depth is configurable; the ResNets' come with their names.
-    tiny_blocks=tuple(int(b) for b in model.get("tiny_blocks", default_blocks))
-    if model["encoder"] == "tiny"
-    else default_blocks,
+    tiny_blocks=stages("tiny_blocks", config_base.TINY_BLOCKS),
+    tiny_channels=stages("tiny_channels", config_base.TINY_CHANNELS),
   )
 
 
@@ -76,9 +79,11 @@ def encoder_part(tree: Mapping[str, Any], spec: models.EncoderSpec) -> dict[str,
 
 def _describe(spec: models.EncoderSpec) -> str:
   stem = ", small-image stem" if spec.small_image_stem else ""
-  default = models.EncoderSpec.tiny_blocks
-  blocks = f", blocks {spec.tiny_blocks}" if spec.tiny_blocks != default else ""
-  return f"{spec.name} x{spec.width_multiplier}{stem}{blocks}"
+  blocks = f", blocks {spec.tiny_blocks}" if spec.tiny_blocks != config_base.TINY_BLOCKS else ""
+  channels = (
+    f", channels {spec.tiny_channels}" if spec.tiny_channels != config_base.TINY_CHANNELS else ""
+  )
+  return f"{spec.name} x{spec.width_multiplier}{stem}{blocks}{channels}"
 
 
 def check_architecture(spec: models.EncoderSpec, model: Mapping[str, Any], where: str) -> None:

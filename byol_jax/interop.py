@@ -160,18 +160,29 @@ def infer_spec(params: Mapping[str, Any]) -> models.EncoderSpec:
   if name not in config_base.ARCHITECTURES:
     raise UserError(f"Unsupported encoder {root}: byol_jax knows {config_base.ARCHITECTURES}.")
   kernel = np.shape(params[f"{root}/~/initial_conv"]["w"])
-  base = 8 if name == "tiny" else 64
+  stem = kernel[3]
+  small_image_stem = kernel[0] == 3
+  if name != "tiny":
+    return models.EncoderSpec(name, max(1, stem // 64), small_image_stem)
   blocks = [0] * 4
+  widths = [0] * 4  # output channels of each stage present
   for key in params:
-    match = re.match(rf"{root}/~/block_group_(\d)/~/block_(\d+)/", key)
+    match = re.match(rf"{root}/~/block_group_(\d)/~/block_(\d+)/~/conv_0$", key)
     if match:
       group, block = int(match.group(1)), int(match.group(2))
       blocks[group] = max(blocks[group], block + 1)
+      widths[group] = int(np.shape(params[key]["w"])[3])
+  # The stem has min(64, channels[0]) x multiplier channels: read the multiplier off it where
+  # every stage divides by it, else take the widths as they are.
+  multiplier = stem // 8 if stem % 8 == 0 else 1
+  if multiplier < 1 or any(w % multiplier for w in widths):
+    multiplier = 1
+  channels = [w // multiplier for w in widths]
+  for i, width in enumerate(channels):
+    if not width:  # a stage left out: only the first's width shows, in the stem
+      channels[i] = stem // multiplier if i == 0 else config_base.TINY_CHANNELS[i]
   return models.EncoderSpec(
-    name=name,
-    width_multiplier=max(1, kernel[3] // base),
-    small_image_stem=kernel[0] == 3,
-    tiny_blocks=tuple(blocks) if name == "tiny" else models.EncoderSpec.tiny_blocks,
+    name, multiplier, small_image_stem, tiny_blocks=tuple(blocks), tiny_channels=tuple(channels)
   )
 
 
@@ -213,6 +224,7 @@ def import_original(
   config.model.width_multiplier = spec.width_multiplier
   config.model.small_image_stem = spec.small_image_stem
   config.model.tiny_blocks = spec.tiny_blocks
+  config.model.tiny_channels = spec.tiny_channels
   for key, value in _head_sizes(online_params).items():
     config.model[key] = value
   state = dict(

@@ -33,7 +33,6 @@ RESNET_DEPTHS: dict[str, tuple[tuple[int, ...], bool]] = {
 }
 _BASIC_CHANNELS = (64, 128, 256, 512)
 _BOTTLENECK_CHANNELS = (256, 512, 1024, 2048)
-_TINY_CHANNELS = (8, 16, 32, 64)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -43,9 +42,11 @@ class EncoderSpec:
   name: str = "resnet50"  # "tiny" or a key of RESNET_DEPTHS
   width_multiplier: int = 1
   small_image_stem: bool = False
-  # Residual blocks in each of the four stages of the "tiny" encoder (the ResNets' depths are
-  # fixed by their names); a stage of 0 blocks is left out, its stride with it.
-  tiny_blocks: tuple[int, ...] = (1, 1, 1, 1)
+  # Residual blocks and output channels (before width_multiplier) of the four stages of the
+  # "tiny" encoder (the ResNets' come with their names); a stage of 0 blocks is left out, its
+  # stride with it.
+  tiny_blocks: tuple[int, ...] = config_base.TINY_BLOCKS
+  tiny_channels: tuple[int, ...] = config_base.TINY_CHANNELS
 
 
 @dataclasses.dataclass(frozen=True)
@@ -162,7 +163,7 @@ def make_encoder(spec: EncoderSpec, bn_config: Mapping[str, Any]) -> ResNetEncod
   if spec.name == "tiny":
     return ResNetEncoder(
       blocks_per_group=spec.tiny_blocks,
-      channels_per_group=_TINY_CHANNELS,
+      channels_per_group=spec.tiny_channels,
       bottleneck=False,
       width_multiplier=spec.width_multiplier,
       small_image_stem=spec.small_image_stem,

@@ -72,11 +72,21 @@ def test_optimizer_fields_are_validated_and_reach_the_hyperparameters():
     config_base.validate_config(config)
 
 
-@pytest.mark.parametrize("blocks", ["(0,0,0,0)", "(1,1,1)", "(1,-1,1,1)"])
-def test_tiny_blocks_are_validated(blocks):
+@pytest.mark.parametrize(
+  ("field", "value"),
+  [
+    ("tiny_blocks", "(0,0,0,0)"),
+    ("tiny_blocks", "(1,1,1)"),
+    ("tiny_blocks", "(1,-1,1,1)"),
+    ("tiny_channels", "(8,16,32)"),
+    ("tiny_channels", "(8,0,32,64)"),
+    ("tiny_channels", "(8,16,32,64.5)"),
+  ],
+)
+def test_tiny_stages_are_validated(field, value):
   from byol_jax.errors import UserError
 
   config = config_base.get_base_config()
-  config_base.set_fields(config, {"model.tiny_blocks": blocks})
-  with pytest.raises(UserError, match="tiny_blocks"):
+  config_base.set_fields(config, {f"model.{field}": value})
+  with pytest.raises(UserError, match=field):
     config_base.validate_config(config)

@@ -100,9 +100,18 @@ def test_output_shapes_and_target_without_predictor():
   assert "prediction" not in target_out
 
 
+def _tiny_config(fields):
+  """The base config with the tiny x2 encoder on the small-image stem, then ``fields`` set."""
+  from byol_jax import config_base
+
+  config = config_base.get_base_config()
+  stem = {"model.encoder": "tiny", "model.width_multiplier": "2", "model.small_image_stem": "True"}
+  return config_base.set_fields(config, {**stem, **fields})
+
+
 def test_tiny_encoder_leaves_out_stages_of_zero_blocks():
-  from byol_jax import config_base, interop
   from byol_jax import encoder as encoder_lib
+  from byol_jax import interop
   from byol_jax.errors import UserError
 
   full, _ = _shapes(models.EncoderSpec("tiny", 2, True))
@@ -127,16 +136,7 @@ def test_tiny_encoder_leaves_out_stages_of_zero_blocks():
   assert interop.infer_spec(params) == spec
   assert interop.infer_spec(full) == models.EncoderSpec("tiny", 2, True)
   # A config names the same spec, and a checkpoint of the full network does not fit it.
-  config = config_base.get_base_config()
-  config_base.set_fields(
-    config,
-    {
-      "model.encoder": "tiny",
-      "model.width_multiplier": "2",
-      "model.small_image_stem": "True",
-      "model.tiny_blocks": "(0,1,2,1)",
-    },
-  )
+  config = _tiny_config({"model.tiny_blocks": "(0,1,2,1)"})
   assert encoder_lib.spec_from_config(config.model) == spec
   config.model.encoder = "resnet18"  # the block counts are the tiny encoder's alone
   assert encoder_lib.spec_from_config(config.model).tiny_blocks == (1, 1, 1, 1)
@@ -150,6 +150,34 @@ def test_tiny_encoder_leaves_out_stages_of_zero_blocks():
     lambda k: net.apply(*net.init(k, x, True), x, True), jax.random.PRNGKey(0)
   )
   assert out["embedding"].shape == (2, 128)
+
+
+def test_tiny_encoder_channels_are_configurable():
+  from byol_jax import encoder as encoder_lib
+  from byol_jax import interop
+  from byol_jax.errors import UserError
+
+  spec = models.EncoderSpec(
+    "tiny", 2, True, tiny_blocks=(0, 1, 1, 1), tiny_channels=(8, 12, 32, 128)
+  )
+  params, _ = _shapes(spec)
+
+  def conv(group, name):
+    return params[f"res_net_tiny/~/block_group_{group}/~/block_0/~/{name}"]["w"].shape
+
+  # Stem min(64, 8) x 2 = 16 channels, then 24, 64 and 256: each stage's first conv and
+  # projection shortcut go from the previous width to its own.
+  assert params["res_net_tiny/~/initial_conv"]["w"].shape == (3, 3, 3, 16)
+  assert [conv(g, "conv_0") for g in (1, 2, 3)] == [(3, 3, 16, 24), (3, 3, 24, 64), (3, 3, 64, 256)]
+  assert conv(3, "shortcut_conv") == (1, 1, 64, 256)
+  # The representation is as wide as the last stage, and the projector takes it in.
+  assert params["projector/linear"]["w"].shape[0] == 256
+  assert interop.infer_spec(params) == spec
+  config = _tiny_config({"model.tiny_blocks": "(0,1,1,1)", "model.tiny_channels": "(8,12,32,128)"})
+  assert encoder_lib.spec_from_config(config.model) == spec
+  default = models.EncoderSpec("tiny", 2, True, tiny_blocks=(0, 1, 1, 1))
+  with pytest.raises(UserError, match=r"channels \(8, 12, 32, 128\)"):
+    encoder_lib.check_fits(spec, *encoder_lib.expected_shapes(default), "run/checkpoints/10")
 
 
 def test_stems_set_the_resolution():
