@@ -175,7 +175,7 @@ def infer_spec(params: Mapping[str, Any]) -> models.EncoderSpec:
   # The stem has min(64, channels[0]) x multiplier channels: read the multiplier off it where
   # every stage divides by it, else take the widths as they are.
   multiplier = stem // 8 if stem % 8 == 0 else 1
-  if multiplier < 1 or any(w % multiplier for w in widths):
+  if any(w % multiplier for w in widths):
     multiplier = 1
   channels = [w // multiplier for w in widths]
   for i, width in enumerate(channels):
