@@ -76,7 +76,7 @@ def get_base_config() -> ml_collections.ConfigDict:
   c.data.eval_resize = 32  # eval: resize the short side to this, then centre-crop image_size
   # Centre crop of a pretraining run's evaluation views (kNN monitor, load_encoder); 0: image_size.
   # Training on small random crops and evaluating at full size is cheap and works well
-  # (configs/byol_cifar10_cpu.py trains at 16 px and evaluates at 32 px).
+  # (configs/byol_cifar10_cpu.py trains at 16 px and evaluates at 64 px).
   c.data.eval_image_size = 0
   c.data.synthetic_examples = 2048
   c.data.synthetic_classes = 10

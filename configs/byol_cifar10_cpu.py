@@ -3,28 +3,31 @@
   python -m byol_jax.main --config=configs/byol_cifar10_cpu.py:/path/to/cifar10/train \
     --workdir=runs/byol_cifar10_cpu
 
-The folder is <path>/<class>/*.png (the 50,000 CIFAR-10 training images); 5,000 of them
+The folder is <path>/<class>/<images> (the 50,000 CIFAR-10 training images); 5,000 of them
 (stratified, fixed seed) are held out for evaluation and never trained on. Chosen for the best
 representation per CPU second: a small ResNet (the small-image stem's 3x3 convolution to 16
-channels, then one basic block in each of three stride-2 stages of 32, 64 and 128 channels: the
-"tiny" encoder without its stride-1 stage, ``model.tiny_blocks = (0, 1, 1, 1)``) trained on 16x16
-views -- the paper's random resized crops, resized to 16 instead of 32 px, a quarter of the
+channels, then one basic block in each of three stride-2 stages of 32, 64 and 256 channels: the
+"tiny" encoder without its stride-1 stage, ``model.tiny_blocks = (0, 1, 1, 1)``, and with a wider
+last stage, ``model.tiny_channels = (8, 16, 32, 128)`` times ``width_multiplier = 2``) trained on
+16x16 views -- the paper's random resized crops, resized to 16 instead of 32 px, a quarter of the
 compute -- and evaluated on the full images upsampled to 64x64 (``data.eval_image_size``: the
 network is fully convolutional, and its average-pooled features separate the classes better the
 larger the map they pool; ``load_encoder`` applies the same resize). The stride-1 stage, 16
 channels on 16x16 maps, took about 40% of the step's time on XLA:CPU for 30% of its FLOPs (narrow,
 memory-bound products); without it the step runs 1.7x as many images per second, and in a
-time-matched comparison the shallower network learned the better representation. For the same
-reason the convolutions are plain matrix products (Winograd's tile transforms save nothing on
-such narrow layers) and the colour ops run inside the step (batched in XLA they cost less
-than tf.data's per-image ops on these tiny images). Batch 256, 2,200 steps (about 12.5 epochs of
-the 45,000 training images, ~21 minutes of steps on 2 cores) of AdamW (lr 1e-3, weight decay 1e-4)
-after a short warm-up, a fast target (τ_base 0.9), crops of at least 20% of the image, no blur
-(it erases such small images), and narrower heads (1024 -> 128). In so few steps LARS, with its
-trust ratio, mostly retunes the BatchNorm parameters (the raw learning rate) while the kernels
-hardly move; AdamW moves the kernels. The kNN monitor (k=200, T=0.1) runs on 5,000 training
-images against the hold-out every 220 steps, on the images at their own 32x32 (it costs a quarter
-of 64x64 and its kNN top-1 hardly depends on the size). Figures: BENCHMARKS.md.
+time-matched comparison the shallower network learned the better representation. The 256-channel
+last stage (a 256-d representation; it works on 2x2 maps, so it costs about a fifth of the step's
+speed) learned a better one than 128 or 512 channels in the same time. For the same reason the
+convolutions are plain matrix products (Winograd's tile transforms save nothing on such narrow
+layers) and the colour ops run inside the step (batched in XLA they cost less than tf.data's
+per-image ops on these tiny images). Batch 256, 1,800 steps (about 10 epochs of the 45,000
+training images; 12 to 23 minutes on 2 cores, with the load on the machine's host) of AdamW (lr 1e-3,
+weight decay 1e-4) after a short warm-up, a fast target (τ_base 0.9), crops of at least 20% of the
+image, no blur (it erases such small images), and narrower heads (1024 -> 128). In so few steps
+LARS, with its trust ratio, mostly retunes the BatchNorm parameters (the raw learning rate) while
+the kernels hardly move; AdamW moves the kernels. The kNN monitor (k=200, T=0.1) runs on 5,000
+training images against the hold-out every 300 steps, on the images at their own 32x32 (it costs a
+quarter of 64x64 and its kNN top-1 hardly depends on the size). Figures: BENCHMARKS.md.
 ``python experiments/eval_cifar_cpu.py --workdir=...`` evaluates the result.
 """
 
@@ -46,6 +49,7 @@ def get_config(path: str = ""):
   c.model.width_multiplier = 2
   c.model.small_image_stem = True
   c.model.tiny_blocks = (0, 1, 1, 1)
+  c.model.tiny_channels = (8, 16, 32, 128)
   c.model.conv_impl = "matmul"
   c.model.projector_hidden = 1024
   c.model.projector_output = 128
@@ -53,7 +57,7 @@ def get_config(path: str = ""):
   c.augment.view1.crop_area_min = 0.2
   c.augment.view2.crop_area_min = 0.2
   c.batch_size = 256
-  c.num_steps = 2200
+  c.num_steps = 1800
   c.optim.optimizer = "adamw"
   c.optim.base_lr = 1e-3
   c.optim.weight_decay = 1e-4
@@ -61,8 +65,8 @@ def get_config(path: str = ""):
   c.optim.tau_base = 0.9
   c.data.host_colour_ops = False
   c.log_every_steps = 50
-  c.checkpoint_every_steps = 440
-  c.eval.knn_every_steps = 220
+  c.checkpoint_every_steps = 360
+  c.eval.knn_every_steps = 300
   c.eval.knn_train_examples = 5000
   c.eval.knn_eval_examples = 5000
   c.eval.knn_image_size = 32

@@ -14,7 +14,6 @@ import tensorflow as tf
 from PIL import Image
 
 from byol_jax.data import augment, pipeline, sources
-from byol_jax.errors import UserError
 
 
 def _encode(image: np.ndarray, fmt: str, **kw) -> bytes:
@@ -126,12 +125,8 @@ def test_uint8_views_round_the_float_views():
   assert (diff > 0).mean() < 1e-3
 
 
-def test_resolve_host_colour_ops():
-  assert pipeline.resolve_host_colour_ops(True, "gpu") is True
-  assert pipeline.resolve_host_colour_ops(False, "cpu") is False
-  assert pipeline.resolve_host_colour_ops("auto", "gpu") is False
-  assert pipeline.resolve_host_colour_ops("auto", "tpu") is False
-  assert pipeline.resolve_host_colour_ops("auto", "cpu") is pipeline.default_host_colour_ops("cpu")
-  assert pipeline.resolve_host_colour_ops("False", "cpu") is False
-  with pytest.raises(UserError, match="auto"):
-    pipeline.resolve_host_colour_ops("sometimes", "cpu")
+def test_default_host_colour_ops():
+  # Accelerators take the colour ops off the host, as the original code did.
+  assert pipeline.default_host_colour_ops("gpu") is False
+  assert pipeline.default_host_colour_ops("tpu") is False
+  assert pipeline.default_host_colour_ops("cpu") is True

@@ -441,14 +441,3 @@ def default_host_colour_ops(platform: str) -> bool:
   resizes and flips, and sends uint8 views. CPU-only: on the host (measured in BENCHMARKS.md).
   """
   return platform == "cpu"
-
-
-def resolve_host_colour_ops(value: bool | str, platform: str) -> bool:
-  """``config.data.host_colour_ops`` as a bool: True / False as given, "auto" by platform."""
-  if isinstance(value, str):
-    if value.lower() == "auto":
-      return default_host_colour_ops(platform)
-    if value.lower() in ("true", "false"):
-      return value.lower() == "true"
-    raise UserError(f"data.host_colour_ops={value!r} must be True, False or 'auto'.")
-  return bool(value)
