@@ -16,18 +16,18 @@ larger the map they pool; ``load_encoder`` applies the same resize). The stride-
 channels on 16x16 maps, took about 40% of the step's time on XLA:CPU for 30% of its FLOPs (narrow,
 memory-bound products); without it the step runs 1.7x as many images per second, and in a
 time-matched comparison the shallower network learned the better representation. The 256-channel
-last stage (a 256-d representation; it works on 2x2 maps, so it costs about a fifth of the step's
-speed) learned a better one than 128 or 512 channels in the same time. For the same reason the
-convolutions are plain matrix products (Winograd's tile transforms save nothing on such narrow
-layers) and the colour ops run inside the step (batched in XLA they cost less than tf.data's
-per-image ops on these tiny images). Batch 256, 1,800 steps (about 10 epochs of the 45,000
-training images; 12 to 23 minutes on 2 cores, with the load on the machine's host) of AdamW (lr 1e-3,
-weight decay 1e-4) after a short warm-up, a fast target (τ_base 0.9), crops of at least 20% of the
-image, no blur (it erases such small images), and narrower heads (1024 -> 128). In so few steps
-LARS, with its trust ratio, mostly retunes the BatchNorm parameters (the raw learning rate) while
-the kernels hardly move; AdamW moves the kernels. The kNN monitor (k=200, T=0.1) runs on 5,000
-training images against the hold-out every 300 steps, on the images at their own 32x32 (it costs a
-quarter of 64x64 and its kNN top-1 hardly depends on the size). Figures: BENCHMARKS.md.
+last stage (a 256-d representation; it works on 2x2 maps, so it costs 15-20% of the step's
+speed) learned a better one than 128 or 512 channels in the same time. The convolutions are plain
+matrix products (Winograd's tile transforms save nothing on such narrow layers) and the colour ops
+run inside the step (batched in XLA they cost less than tf.data's per-image ops on these tiny
+images). Batch 256, 1,800 steps (about 10 epochs of the 45,000 training images; 12 to 23 minutes on
+2 cores, with the load on the machine's host) of AdamW (lr 1e-3, weight decay 1e-4) after a short
+warm-up, a fast target (τ_base 0.9), crops of at least 20% of the image, no blur (it erases such
+small images), and narrower heads (1024 -> 128). In so few steps LARS, with its trust ratio, mostly
+retunes the BatchNorm parameters (the raw learning rate) while the kernels hardly move; AdamW moves
+the kernels. The kNN monitor (k=200, T=0.1) runs on 5,000 training images against the hold-out
+every 300 steps, on the images at their own 32x32 (it costs a quarter of 64x64 and its kNN top-1
+hardly depends on the size). Figures: BENCHMARKS.md.
 ``python experiments/eval_cifar_cpu.py --workdir=...`` evaluates the result.
 """
 
