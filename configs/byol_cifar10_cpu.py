@@ -23,12 +23,12 @@ run inside the step (batched in XLA they cost less than tf.data's per-image ops 
 images). Batch 256, 1,800 steps (about 10 epochs of the 45,000 training images; 12 to 23 minutes on
 2 cores, with the load on the machine's host) of AdamW (lr 1e-3, decoupled weight decay 0.05; the
 predictor's updates 10 times the encoder's: together a point more linear top-1 over three
-seeds) after a short warm-up, a fast target (τ_base 0.9), crops of at least 20% of the image, no blur (it erases such
-small images), and narrower heads (1024 -> 128). In so few steps LARS, with its trust ratio, mostly
-retunes the BatchNorm parameters (the raw learning rate) while the kernels hardly move; AdamW moves
-the kernels. The kNN monitor (k=200, T=0.1) runs on 5,000 training images against the hold-out
-every 300 steps, on the images at their own 32x32 (it costs a quarter of 64x64 and its kNN top-1
-hardly depends on the size). Figures: BENCHMARKS.md.
+seeds) after a short warm-up, a fast target (τ_base 0.9), crops of at least 20% of the image, no
+blur (it erases such small images), and narrower heads (1024 -> 128). In so few steps LARS, with
+its trust ratio, mostly retunes the BatchNorm parameters (the raw learning rate) while the
+kernels hardly move; AdamW moves the kernels. The kNN monitor (k=200, T=0.1) runs on 5,000
+training images against the hold-out every 300 steps, on the images at their own 32x32 (it costs
+a quarter of 64x64 and its kNN top-1 hardly depends on the size). Figures: BENCHMARKS.md.
 ``python experiments/eval_cifar_cpu.py --workdir=...`` evaluates the result.
 """
 
