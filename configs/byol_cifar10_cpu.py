@@ -21,7 +21,7 @@ speed) learned a better one than 128 or 512 channels in the same time. The convo
 matrix products (Winograd's tile transforms save nothing on such narrow layers) and the colour ops
 run inside the step (batched in XLA they cost less than tf.data's per-image ops on these tiny
 images). Batch 128, 3,600 steps (about 10 epochs of the 45,000 training images; 12 to 13 minutes
-on 2 cores measured, more when the machine's host is loaded: 1,800 steps of batch 256, the same
+measured on 2 cores, more when the machine's host is loaded: 1,800 steps of batch 256, the same
 images, took 12 to 23 minutes) of AdamW (lr 1e-3, decoupled weight decay 0.05; the predictor's
 updates 10 times the encoder's: together a point more linear top-1 over three seeds; batch 128
 instead of 256, twice the updates for the same images at the same learning rate, another half
