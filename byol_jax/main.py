@@ -12,6 +12,7 @@ import sys
 from absl import app, flags
 from ml_collections import config_flags
 
+from byol_jax import config_base
 from byol_jax.errors import UserError
 
 _DEFAULT_CONFIG = os.path.join(
@@ -58,6 +59,7 @@ def _run(argv) -> None:
   if len(argv) > 1:
     raise UserError(f"Unexpected arguments {argv[1:]}: options go as --flag=value.")
   config = _load_config()
+  config_base.validate_config(config)
   FLAGS = flags.FLAGS
   import jax
 
@@ -69,6 +71,9 @@ def _run(argv) -> None:
       FLAGS.process_id,
       heartbeat_timeout_seconds=FLAGS.heartbeat_timeout_seconds,
     )
+  from byol_jax import host_memory
+
+  host_memory.configure(config.host_memory)
   workdir = FLAGS.workdir or os.path.join(
     "runs", os.path.splitext(os.path.basename(FLAGS["config"].config_filename))[0]
   )
@@ -81,18 +86,13 @@ def _run(argv) -> None:
 
     getattr(evaluate, config.mode)(config, workdir)
   elif config.mode in ("export_torch", "import_original"):
-    from byol_jax import config_base, interop
+    from byol_jax import interop
 
-    config_base.validate_config(config)
     if config.mode == "export_torch":
       output = config.eval.output or os.path.join(workdir, "encoder_torch.pt")
       interop.export_torch(config.checkpoint, output)
     else:
       interop.import_original(config.checkpoint, workdir)
-  else:
-    from byol_jax.config_base import MODES
-
-    raise UserError(f"config.mode={config.mode!r} is not a known mode {MODES}.")
 
 
 def main(argv) -> None:

@@ -223,6 +223,33 @@ def _pixel_pair_taps(
   return taps
 
 
+def _tap_matrix(w: jax.Array, taps: np.ndarray) -> jax.Array:
+  """The [P, Cin, Q, Cout] matrix whose block (p, q) is kernel tap ``taps[p, q]`` (none: zero).
+
+  Stacked from static slices of ``w``, with a gradient that sums each tap's blocks: written as
+  the gather ``w[taps]``, XLA:CPU made the transpose a scatter-add and the forward a slow strided
+  copy (fwd + bwd of a 3x3 layer on 2x2 maps, 512 channels, batch 64: 32 ms, this way 18 ms).
+  """
+  kh, kw, cin, cout = w.shape
+  pairs = [list(zip(*np.nonzero(taps == tap))) for tap in range(kh * kw)]
+
+  def build(w: jax.Array) -> jax.Array:
+    zero = jnp.zeros((cin, cout), w.dtype)
+    blocks = [[zero if t == kh * kw else w[t // kw, t % kw] for t in row] for row in taps]
+    return jnp.stack([jnp.stack(row, axis=1) for row in blocks])
+
+  def tap_sums(g: jax.Array) -> jax.Array:
+    sums = [
+      functools.reduce(jnp.add, [g[p, :, q] for p, q in pq]) if pq else jnp.zeros_like(g[0, :, 0])
+      for pq in pairs
+    ]
+    return jnp.stack(sums).reshape(kh, kw, cin, cout)
+
+  matrix = jax.custom_vjp(build)
+  matrix.defvjp(lambda w: (build(w), None), lambda _, g: (tap_sums(g),))
+  return matrix(w)
+
+
 def conv2d_as_matmul(
   x: jax.Array,
   w: jax.Array,
@@ -278,8 +305,7 @@ def conv2d_as_matmul(
   if h * wd * oh * ow <= 1.3 * useful:  # (nearly) every input pixel meets every output pixel
     taps = _pixel_pair_taps(h, wd, oh, ow, kh, kw, sh, sw, pads[0][0], pads[1][0])
     # One product with a [H*W*Cin, OH*OW*Cout] matrix of kernel taps (zero where none).
-    taps_and_zero = jnp.concatenate([w.reshape(kh * kw, cin, cout), jnp.zeros_like(w[0, :1])])
-    dense = taps_and_zero[taps].transpose(0, 2, 1, 3).reshape(h * wd * cin, oh * ow * cout)
+    dense = _tap_matrix(w, taps).reshape(h * wd * cin, oh * ow * cout)
     return (x.reshape(n, h * wd * c) @ dense).reshape(n, oh, ow, cout)
   if useful * 1.3 < kh * kw * oh * ow:  # im2col would spend over 30% on padding
     out = jnp.zeros((n, oh, ow, cout), jnp.result_type(x, w))

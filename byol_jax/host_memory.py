@@ -1,0 +1,73 @@
+"""Keeping freed host memory in the process, so that XLA:CPU steps do not page-fault.
+
+XLA:CPU allocates a step's buffers afresh at every execution. glibc's malloc serves blocks above
+its mmap threshold (32 MiB at most) with new mappings and unmaps them on free, and the per-thread
+arenas serving JAX's dispatch thread unmap their heaps once empty, so every step faults its whole
+working set back in, page by page, each page zeroed by the kernel: on the standard CPU workload
+of ``experiments/benchmark_step.py`` (ResNet-18, 64x64, batch 64) that was ~226,000 page faults
+and 0.5 s of kernel time per 1.45 s step. With JAX's CPU dispatch synchronous (the step's buffers
+then come from the calling thread, i.e. the main heap), large blocks served from that heap and the
+heap never trimmed, the same step faults ~100 times and runs ~1.25x as fast. Freed memory stays
+reusable by the process (as with tcmalloc or jemalloc), so the resident size is that of the
+largest step, not more. tf.data's threads keep their own arenas, so the input pipeline is not
+slowed (a single arena for all threads would have cost it ~25%).
+
+:func:`configure` is for entry points (``byol_jax.main``, the benchmark scripts): it must run
+before JAX creates its CPU client, i.e. before the first computation.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import ctypes.util
+import os
+
+import jax
+
+from byol_jax.config_base import HOST_MEMORY_POLICIES
+
+# glibc's mallopt parameters (malloc.h).
+_M_TRIM_THRESHOLD = -1
+_M_MMAP_MAX = -4
+_INT_MAX = 2**31 - 1
+
+
+def glibc() -> ctypes.CDLL | None:
+  name = ctypes.util.find_library("c")
+  if os.name != "posix" or not name:
+    return None
+  try:
+    libc = ctypes.CDLL(name)
+    libc.gnu_get_libc_version  # noqa: B018 (glibc only: musl and macOS have no such symbol)
+  except (OSError, AttributeError):
+    return None
+  return libc
+
+
+def retain_freed_memory() -> bool:
+  """glibc's malloc: every block from the heap (no mmap), the heap never trimmed.
+
+  Returns False, changing nothing, where the C library is not glibc.
+  """
+  libc = glibc()
+  if libc is None:
+    return False
+  return bool(libc.mallopt(_M_MMAP_MAX, 0)) and bool(libc.mallopt(_M_TRIM_THRESHOLD, _INT_MAX))
+
+
+def configure(policy: str) -> bool:
+  """Applies ``policy`` ("auto": when JAX computes on the CPU; "on"; "off"); True if applied.
+
+  Call before JAX's first computation: CPU dispatch is made synchronous when the CPU client is
+  created. That is harmless where the CPU is not the compute device (its client then only holds
+  host-side arrays), so it is done for "auto" before the backend is known; ``jax.distributed``
+  must already be initialised, since "auto" then asks JAX for its default backend.
+  """
+  if policy not in HOST_MEMORY_POLICIES:
+    raise ValueError(f"host memory policy {policy!r} is not one of {HOST_MEMORY_POLICIES}")
+  if policy == "off":
+    return False
+  jax.config.update("jax_cpu_enable_async_dispatch", False)
+  if policy == "auto" and jax.default_backend() != "cpu":
+    return False
+  return retain_freed_memory()
