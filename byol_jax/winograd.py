@@ -31,6 +31,8 @@ _G = np.array([[1, 0, 0], [0.5, 0.5, 0.5], [0.5, -0.5, 0.5], [0, 0, 1]], np.floa
 _AT = np.array([[1, 1, 1, 0], [0, 1, -1, -1]], np.float32)
 # The 2D output transform's transpose: [16 = (i, j), 4 = (u, v)], entry AT[u, i] * AT[v, j].
 _AAT = np.kron(_AT, _AT).T
+# The 2D input transform's transpose: [16 = (a, b), 16 = (i, j)], entry BT[i, a] * BT[j, b].
+_BBT = np.kron(_BT, _BT).T
 
 
 def _combine(matrix: np.ndarray, terms: Sequence[jax.Array]) -> list[jax.Array]:
@@ -101,10 +103,8 @@ def _input_tiles_bwd(like: jax.Array, g: jax.Array):
   n, h, w, _ = like.shape
   c = g.shape[-1]
   th, tw = _num_tiles(like.shape)
-  g = g.reshape(4, 4, n, th, tw, c)
-  cols = [_combine(_BT.T, [g[i, j] for j in range(4)]) for i in range(4)]  # cols[i][b]
-  d = [_combine(_BT.T, [cols[i][b] for i in range(4)]) for b in range(4)]  # d[b][a]
-  rows = [_overlap_add(d[b], axis=1) for b in range(4)]
+  d = (_BBT.astype(g.dtype) @ g.reshape(16, -1)).reshape(4, 4, n, th, tw, c)  # d[a, b]
+  rows = [_overlap_add([d[a, b] for a in range(4)], axis=1) for b in range(4)]
   xp = _overlap_add(rows, axis=2)
   return (xp[:, 1 : 1 + h, 1 : 1 + w].astype(like.dtype),)
 
