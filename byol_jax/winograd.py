@@ -11,9 +11,12 @@ kernel), exact up to float rounding (relative error ~1e-7 in float32).
 On XLA:CPU the 16 products run near matmul speed and, unlike im2col patches (9x the input),
 the tiles are only 4x the input, so forward and backward passes of a ResNet's 3x3 layers are
 faster this way on feature maps of 4x4 and larger with enough channels (see
-:func:`byol_jax.models.conv2d_as_matmul`, which picks it). The input transform has a custom
-gradient: its transpose adds overlapping tiles back by phase (even and odd rows and columns), with
-no strided scatter.
+:func:`byol_jax.models.conv2d_as_matmul`, which picks it). Both transforms have custom gradients
+that XLA:CPU runs as a few large passes rather than per-element selections among strided slices:
+the input transform's transpose is one product with the transposed 16x16 transform, then adds
+the overlapping tiles back by phase (even and odd rows and columns), with no strided scatter; the
+output transform's is one product with the transposed 16x4 transform over the image's four
+phases.
 """
 
 from __future__ import annotations
