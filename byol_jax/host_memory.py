@@ -4,12 +4,12 @@ XLA:CPU allocates a step's buffers afresh at every execution. glibc's malloc ser
 its mmap threshold (32 MiB at most) with new mappings and unmaps them on free, and the per-thread
 arenas serving JAX's dispatch thread unmap their heaps once empty, so every step faults its whole
 working set back in, page by page, each page zeroed by the kernel: on the standard CPU workload
-of ``experiments/benchmark_step.py`` (ResNet-18, 64x64, batch 64) that was ~226,000 page faults
-and 0.5 s of kernel time per 1.45 s step. With JAX's CPU dispatch synchronous (the step's buffers
-then come from the calling thread, i.e. the main heap), large blocks served from that heap and the
-heap never trimmed, the same step faults ~100 times and runs ~1.25x as fast. Freed memory stays
-reusable by the process (as with tcmalloc or jemalloc), so the resident size is that of the
-largest step, not more. tf.data's threads keep their own arenas, so the input pipeline is not
+of ``experiments/benchmark_step.py`` (ResNet-18, 64x64, batch 64) that was ~213,000 page faults
+per step, a quarter of the step's time. With JAX's CPU dispatch synchronous (the step's buffers
+then come from the calling thread's arena, the main heap), large blocks served from that heap and
+the heap never trimmed, the same step faults ~150 times and runs ~1.3x as fast. Freed memory stays
+reusable by the process (as with tcmalloc or jemalloc): its resident size stays near its peak
+instead of shrinking between steps. tf.data's threads keep their own arenas, so the input pipeline is not
 slowed (a single arena for all threads would have cost it ~25%).
 
 :func:`configure` is for entry points (``byol_jax.main``, the benchmark scripts): it must run

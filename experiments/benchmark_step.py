@@ -15,9 +15,13 @@ matmul in the step's compute dtype (bfloat16 by default there). The step imports
 an accelerator host needs only JAX, Haiku, optax, orbax-checkpoint, absl-py and ml-collections.
 ``--vs_pytorch`` then times lucidrains' byol-pytorch on the same workload
 (experiments/byol_pytorch_step.py; torch, torchvision and byol-pytorch are optional extras, in
-this interpreter or in ``--pytorch_python``). The last line printed is one JSON object; its
+this interpreter or in ``--pytorch_python``), twice under glibc: as installed, and with glibc's
+malloc set as ``config.host_memory`` sets it for byol_jax (``GLIBC_TUNABLES``), so the ratio is
+also given like for like. The last line printed is one JSON object; its
 ``executed_gflop_per_step`` is XLA's count for the compiled step as run, which on GPUs leaves
-out the convolutions handed to cuDNN (``gflop_per_step`` is the figure behind the rates).
+out the convolutions handed to cuDNN (``gflop_per_step`` is the figure behind the rates), and
+``page_faults_per_step`` the process's minor page faults per timed step
+(``--set host_memory=off`` shows the C library's default behaviour).
 """
 
 from __future__ import annotations
@@ -25,6 +29,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import resource
 import statistics
 import subprocess
 import sys
@@ -182,11 +187,13 @@ def main() -> None:
   state, metrics = p_update(state, views, rng)  # warm-up
   jax.block_until_ready(metrics)
   times = []
+  faults = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
   for _ in range(args.steps):
     t = time.perf_counter()
     state, metrics = p_update(state, views, rng)
     jax.block_until_ready(metrics)
     times.append(time.perf_counter() - t)
+  faults = (resource.getrusage(resource.RUSAGE_SELF).ru_minflt - faults) / args.steps
   step_s = statistics.median(times)
   peaks = matmul_gflops(train.compute_dtype(config))
   pytorch = retained = None
@@ -218,6 +225,8 @@ def main() -> None:
     matmul_gflops_per_s=peaks,
     matmul_peak_gflops_per_s=peak,
     pct_of_matmul_peak=100 * gflops / peak,
+    # The process's page faults per timed step (all threads): pages the step's buffers took anew.
+    page_faults_per_step=faults,
   )
   line = (
     f"{config.model.encoder} {size}px batch {batch}: {batch / step_s:.1f} images/s, "

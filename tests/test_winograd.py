@@ -37,15 +37,25 @@ def test_conv3x3_equals_xla_convolution_and_its_gradients(height, width, cin, co
     np.testing.assert_allclose(a, b, rtol=0, atol=1e-5 * scale)
 
 
-def test_input_tiles_gradient_is_the_transpose():
-  # <T x, v> == <x, T^T v> for the hand-written transpose of the (linear) tile transform.
+@pytest.mark.parametrize("transform", ["input", "output"])
+def test_transform_gradients_are_the_transposes(transform):
+  # <T x, v> == <x, T^T v> for the hand-written transposes of the (linear) transforms.
   rng = np.random.default_rng(0)
-  x = jnp.asarray(rng.normal(size=(2, 5, 6, 3)), jnp.float32)
-  tiles, vjp = jax.vjp(jax.jit(winograd.input_tiles), x)
-  v = jnp.asarray(rng.normal(size=tiles.shape), jnp.float32)
-  np.testing.assert_allclose(jnp.vdot(tiles, v), jnp.vdot(x, vjp(v)[0]), rtol=1e-5)
-  # Unlike autodiff of the strided slices, the transpose also matches jax.linear_transpose.
-  (want,) = jax.linear_transpose(winograd._tiles, x)(v)
+  if transform == "input":  # image [2, 5, 6, 3] -> tiles [16, 2 * 3 * 3, 3]
+    fn, plain = winograd.input_tiles, winograd._tiles
+    x = jnp.asarray(rng.normal(size=(2, 5, 6, 3)), jnp.float32)
+  else:  # products [16, 2 * 3 * 3, 4] -> image [2, 5, 6, 4]
+    fn = lambda m: winograd.output_image(m, (2, 5, 6, 4))  # noqa: E731
+    plain = lambda m: winograd._output_image(m, (2, 5, 6, 4))  # noqa: E731
+    x = jnp.asarray(rng.normal(size=(16, 18, 4)), jnp.float32)
+  out, vjp = jax.vjp(jax.jit(fn), x)
+  v = jnp.asarray(rng.normal(size=out.shape), jnp.float32)
+  f64 = lambda a: np.asarray(a, np.float64).ravel()  # noqa: E731 (the sums cancel: add in float64)
+  np.testing.assert_allclose(
+    np.dot(f64(out), f64(v)), np.dot(f64(x), f64(vjp(v)[0])), rtol=1e-5, atol=1e-5
+  )
+  # The same as autodiff's transpose of the plain transform.
+  (want,) = jax.linear_transpose(plain, x)(v)
   np.testing.assert_allclose(vjp(v)[0], want, rtol=1e-5, atol=1e-5)
 
 
