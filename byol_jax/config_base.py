@@ -66,7 +66,7 @@ def get_base_config() -> ml_collections.ConfigDict:
   # reproducible on the same platform with either.
   c.prng_impl = "rbg"
   # "auto": when JAX computes on the CPU, keep freed host memory in the process (glibc) with
-  # synchronous CPU dispatch, so that steps do not page-fault their buffers back in (~1.25x faster
+  # synchronous CPU dispatch, so that steps do not page-fault their buffers back in (~1.3x faster
   # steps on the CPU; see byol_jax/host_memory.py); "on": always; "off": never.
   c.host_memory = "auto"
 
