@@ -12,8 +12,8 @@ stays reusable by the process (as with tcmalloc or jemalloc): its resident size 
 peak instead of shrinking between steps. tf.data's threads keep their own arenas, so the input
 pipeline is not slowed (a single arena for all threads would have cost it ~25%).
 
-:func:`configure` is for entry points (``byol_jax.main``, ``experiments/benchmark_step.py``): it must run
-before JAX creates its CPU client, i.e. before the first computation.
+:func:`configure` is for entry points (``byol_jax.main``, ``experiments/benchmark_step.py``): it
+must run before JAX creates its CPU client, i.e. before the first computation.
 """
 
 from __future__ import annotations
