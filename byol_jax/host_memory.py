@@ -30,6 +30,8 @@ from byol_jax.config_base import HOST_MEMORY_POLICIES
 _M_TRIM_THRESHOLD = -1
 _M_MMAP_MAX = -4
 _INT_MAX = 2**31 - 1
+# The same settings for another process, given at its start (e.g. to time other code like for like).
+GLIBC_TUNABLES = f"glibc.malloc.mmap_max=0:glibc.malloc.trim_threshold={_INT_MAX}"
 
 
 def glibc() -> ctypes.CDLL | None:

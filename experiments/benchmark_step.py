@@ -111,10 +111,8 @@ def build_step(config, devices):
 
 
 # byol-pytorch under glibc's malloc with the settings byol_jax's host memory policy makes
-# (byol_jax/host_memory.py; torch allocates on the calling thread, so no dispatch change).
-RETAINED_MEMORY_ENV = {
-  "GLIBC_TUNABLES": "glibc.malloc.mmap_max=0:glibc.malloc.trim_threshold=2147483647"
-}
+# (torch allocates on the calling thread, so no dispatch change is needed).
+RETAINED_MEMORY_ENV = {"GLIBC_TUNABLES": host_memory.GLIBC_TUNABLES}
 
 
 def run_pytorch(
