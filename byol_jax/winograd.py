@@ -149,12 +149,23 @@ def _output_image_bwd(shape: tuple[int, int, int, int], _, g: jax.Array):
 output_image.defvjp(_output_image_fwd, _output_image_bwd)
 
 
+def kernel_transform(w: jax.Array) -> jax.Array:
+  """Winograd-domain kernel ``G g G^T`` of a 3x3 HWIO kernel, as [16, Cin, Cout].
+
+  Written as additions and halvings of the nine taps: as an einsum with G, XLA:CPU ran it as
+  products that contract over 3 entries, ~6x slower forward and backward (3.5 against 0.6 ms at
+  256x256 channels).
+  """
+  rows = _combine(_G, [w[i] for i in range(3)])  # rows[a]: [3, Cin, Cout]
+  u = [_combine(_G, [row[j] for j in range(3)]) for row in rows]  # u[a][b]
+  return jnp.stack([u[a][b] for a in range(4) for b in range(4)])
+
+
 def conv3x3(x: jax.Array, w: jax.Array) -> jax.Array:
   """``lax.conv_general_dilated(x, w, (1, 1), "SAME")`` for NHWC ``x`` and a 3x3 HWIO kernel."""
   n, h, wd, _ = x.shape
   if w.shape[:2] != (3, 3):
     raise ValueError(f"Winograd F(2x2, 3x3) needs a 3x3 kernel, got {w.shape[:2]}.")
   cin, cout = w.shape[2:]
-  u = jnp.einsum("ai,ijck,bj->abck", _G.astype(w.dtype), w, _G.astype(w.dtype))
-  m = jnp.einsum("tpc,tck->tpk", input_tiles(x), u.reshape(16, cin, cout))
+  m = jnp.einsum("tpc,tck->tpk", input_tiles(x), kernel_transform(w))
   return output_image(m, (n, h, wd, cout))

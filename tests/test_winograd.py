@@ -59,6 +59,15 @@ def test_transform_gradients_are_the_transposes(transform):
   np.testing.assert_allclose(vjp(v)[0], want, rtol=1e-5, atol=1e-5)
 
 
+def test_kernel_transform_is_g_g_gt():
+  # Lavin & Gray's G, written out here, and G g G^T per channel pair in float64.
+  g_matrix = np.array([[1, 0, 0], [0.5, 0.5, 0.5], [0.5, -0.5, 0.5], [0, 0, 1]])
+  w = np.random.default_rng(0).normal(size=(3, 3, 5, 7))
+  want = np.einsum("ai,ijck,bj->abck", g_matrix, w, g_matrix).reshape(16, 5, 7)
+  got = jax.jit(winograd.kernel_transform)(jnp.asarray(w, jnp.float32))
+  np.testing.assert_allclose(got, want, rtol=1e-6, atol=1e-6)
+
+
 def test_bfloat16_inputs_keep_their_dtype():
   x = jnp.ones((1, 4, 4, 2), jnp.bfloat16)
   w = jnp.ones((3, 3, 2, 3), jnp.bfloat16)
