@@ -59,21 +59,22 @@ def _num_tiles(x_shape: Sequence[int]) -> tuple[int, int]:
   return -(-x_shape[1] // 2), -(-x_shape[2] // 2)
 
 
+def _transform_tiles_1d(a: jax.Array, axis: int, tiles: int) -> jax.Array:
+  """``B^T d`` of every tile ``d`` (4 entries at stride 2) along ``axis``, as a new leading axis."""
+  d = [lax.slice_in_dim(a, k, k + 2 * tiles - 1, 2, axis) for k in range(4)]
+  return jnp.stack(_combine(_BT, d))
+
+
 def _tiles(x: jax.Array) -> jax.Array:
   n, h, w, c = x.shape
   th, tw = _num_tiles(x.shape)
   # SAME padding (1 each side), plus one row/column more where the size is odd.
   xp = jnp.pad(x, ((0, 0), (1, 1 + 2 * th - h), (1, 1 + 2 * tw - w), (0, 0)))
-  d = [
-    [
-      lax.slice(xp, (0, a, b, 0), (n, a + 2 * th - 1, b + 2 * tw - 1, c), (1, 2, 2, 1))
-      for b in range(4)
-    ]
-    for a in range(4)
-  ]
-  rows = [_combine(_BT, [d[a][b] for a in range(4)]) for b in range(4)]  # rows[b][i]
-  v = [_combine(_BT, [rows[b][i] for b in range(4)]) for i in range(4)]  # v[i][j]
-  return jnp.stack([v[i][j] for i in range(4) for j in range(4)]).reshape(16, n * th * tw, c)
+  # Separably, columns then rows: two passes that each write one stacked array. Sixteen sums of
+  # slices stacked at the end cost XLA:CPU a pass more (1.7x as long at 64x16x16x64).
+  cols = _transform_tiles_1d(xp, 2, tw)  # [4 (j), N, H + 2, TW, C]
+  v = _transform_tiles_1d(cols, 2, th)  # [4 (i), 4 (j), N, TH, TW, C]
+  return v.reshape(16, n * th * tw, c)
 
 
 def _overlap_add(parts: Sequence[jax.Array], axis: int) -> jax.Array:
