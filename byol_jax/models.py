@@ -290,7 +290,7 @@ def conv2d_as_matmul(
   oh = (h + sum(pads[0]) - kh) // sh + 1
   ow = (wd + sum(pads[1]) - kw) // sw + 1
   if kh == kw == 1 and pads == [(0, 0), (0, 0)]:
-    return x[:, ::sh, ::sw, :] @ w[0, 0]
+    return _pixel_product(x[:, ::sh, ::sw, :], w[0, 0])
   if (
     use_winograd
     and (kh, kw, sh, sw) == (3, 3, 1, 1)
@@ -315,7 +315,7 @@ def conv2d_as_matmul(
           continue
         start = (0, r0 * sh + i - pads[0][0], c0 * sw + j - pads[1][0], 0)
         limit = (n, r1 * sh + i - pads[0][0] + 1, c1 * sw + j - pads[1][0] + 1, c)
-        y = lax.slice(x, start, limit, (1, sh, sw, 1)) @ w[i, j]
+        y = _pixel_product(lax.slice(x, start, limit, (1, sh, sw, 1)), w[i, j])
         out = out + jnp.pad(y, ((0, 0), (r0, oh - 1 - r1), (c0, ow - 1 - c1), (0, 0)))
     return out
   xp = jnp.pad(x, ((0, 0), pads[0], pads[1], (0, 0)))
@@ -329,7 +329,17 @@ def conv2d_as_matmul(
     ],
     axis=-1,
   )
-  return patches @ w.reshape(kh * kw * cin, cout)
+  return _pixel_product(patches, w.reshape(kh * kw * cin, cout))
+
+
+def _pixel_product(x: jax.Array, w: jax.Array) -> jax.Array:
+  """``x @ w`` for an NHWC ``x``, as one 2-D product over all pixels.
+
+  The same product on the 4-D array differentiates into a weight gradient that contracts three
+  axes, for which XLA:CPU first copies the output gradient into a transposed layout: the 7x7
+  stem's forward and weight gradient (batch 64 at 64x64) took 49 ms that way, 32 ms in 2-D.
+  """
+  return (x.reshape(-1, x.shape[-1]) @ w).reshape(*x.shape[:-1], w.shape[-1])
 
 
 def _matmul_conv_interceptor(
