@@ -22,6 +22,7 @@ from collections.abc import Callable
 
 import haiku as hk
 import jax
+import jax.numpy as jnp
 import optax
 
 from byol_jax.config_base import OPTIMIZERS
@@ -38,6 +39,30 @@ def lars_mask(params: hk.Params) -> hk.Params:
   )
 
 
+def scale_by_trust_ratio(trust_coefficient: float) -> optax.GradientTransformation:
+  """Scales each update ``g`` by ``trust_coefficient * ||w|| / ||g||`` (1 where either is 0).
+
+  ``optax.scale_by_trust_ratio`` with its defaults computes the same, but through a norm that
+  stays differentiable at zero: each norm is taken twice, the second time of a copy with the
+  tensor replaced by ones where its norm is zero, a pass over every parameter and update more
+  (~1% of a ResNet-18 step on a CPU) that an optimiser, never differentiated, does not need.
+  """
+
+  def update_fn(updates, state, params=None):
+    if params is None:
+      raise ValueError("scale_by_trust_ratio needs the parameters: pass params to update().")
+
+    def scale(g: jax.Array, w: jax.Array) -> jax.Array:
+      w_norm, g_norm = jnp.linalg.norm(w), jnp.linalg.norm(g)
+      positive = (w_norm > 0) & (g_norm > 0)
+      ratio = jnp.where(positive, trust_coefficient * w_norm / jnp.where(positive, g_norm, 1), 1)
+      return g * ratio.astype(g.dtype)
+
+    return jax.tree.map(scale, updates, params), state
+
+  return optax.GradientTransformation(lambda params: optax.EmptyState(), update_fn)
+
+
 def lars(
   learning_rate: float | Callable[[jax.Array], jax.Array],
   weight_decay: float = 0.0,
@@ -46,7 +71,7 @@ def lars(
   mask: Callable[[hk.Params], hk.Params] = lars_mask,
 ) -> optax.GradientTransformation:
   """LARS with weight decay, in the original BYOL order (see the module docstring)."""
-  trust_ratio = optax.masked(optax.scale_by_trust_ratio(trust_coefficient=trust_coefficient), mask)
+  trust_ratio = optax.masked(scale_by_trust_ratio(trust_coefficient), mask)
   return _momentum_sgd(learning_rate, weight_decay, momentum, mask, trust_ratio)
 
 

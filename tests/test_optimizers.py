@@ -78,6 +78,22 @@ def test_lars_matches_numpy_over_steps_with_changing_lr():
   assert diff > 1e-4
 
 
+def test_trust_ratio_is_one_where_a_norm_is_zero_and_equals_optax_elsewhere():
+  rng = np.random.default_rng(5)
+  w = {"zero": jnp.zeros((3, 4)), "b": jnp.asarray(rng.normal(size=(5,)), jnp.float32)}
+  g = {"zero": jnp.ones((3, 4)), "b": jnp.asarray(rng.normal(size=(5,)), jnp.float32)}
+  scale = optimizers.scale_by_trust_ratio(1e-3)
+  got, _ = scale.update(g, scale.init(w), w)
+  np.testing.assert_array_equal(got["zero"], g["zero"])  # ||w|| = 0
+  ratio = 1e-3 * np.linalg.norm(w["b"]) / np.linalg.norm(g["b"])
+  np.testing.assert_allclose(got["b"], g["b"] * ratio, rtol=1e-6)
+  want, _ = optax.scale_by_trust_ratio(trust_coefficient=1e-3).update(g, optax.EmptyState(), w)
+  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-6), got, want)
+  # ||g|| = 0: the update stays zero (and finite).
+  got, _ = scale.update({"zero": w["zero"], "b": jnp.zeros(5)}, scale.init(w), g)
+  np.testing.assert_array_equal(got["b"], np.zeros(5))
+
+
 def _byol_params(rng):
   return dict(
     _params(rng),
