@@ -150,16 +150,36 @@ def _output_image_bwd(shape: tuple[int, int, int, int], _, g: jax.Array):
 output_image.defvjp(_output_image_fwd, _output_image_bwd)
 
 
+def _two_sided(matrix: np.ndarray, k: jax.Array) -> jax.Array:
+  """``matrix k matrix^T`` over the two leading axes of ``k``, as [rows * rows, ...]."""
+  cols = matrix.shape[1]
+  rows = _combine(matrix, [k[i] for i in range(cols)])  # rows[a]: [cols, ...]
+  out = [_combine(matrix, [row[j] for j in range(cols)]) for row in rows]  # out[a][b]
+  return jnp.stack([b for a in out for b in a])
+
+
+@jax.custom_vjp
 def kernel_transform(w: jax.Array) -> jax.Array:
   """Winograd-domain kernel ``G g G^T`` of a 3x3 HWIO kernel, as [16, Cin, Cout].
 
-  Written as additions and halvings of the nine taps: as an einsum with G, XLA:CPU ran it as
-  products that contract over 3 entries, ~6x slower forward and backward (3.5 against 0.6 ms at
-  256x256 channels).
+  Additions and halvings of the nine taps; its gradient ``G^T dU G`` is written the same way
+  (autodiff pads each of the taps' slices to the kernel's full size before adding). As an einsum
+  with G, XLA:CPU ran the transform as products that contract over 3 entries, ~6x slower (3.5
+  against 0.6 ms at 256x256 channels, forward and backward).
   """
-  rows = _combine(_G, [w[i] for i in range(3)])  # rows[a]: [3, Cin, Cout]
-  u = [_combine(_G, [row[j] for j in range(3)]) for row in rows]  # u[a][b]
-  return jnp.stack([u[a][b] for a in range(4) for b in range(4)])
+  return _two_sided(_G, w)
+
+
+def _kernel_transform_fwd(w: jax.Array):
+  return _two_sided(_G, w), None
+
+
+def _kernel_transform_bwd(_, du: jax.Array):
+  cin, cout = du.shape[1:]
+  return (_two_sided(_G.T.copy(), du.reshape(4, 4, cin, cout)).reshape(3, 3, cin, cout),)
+
+
+kernel_transform.defvjp(_kernel_transform_fwd, _kernel_transform_bwd)
 
 
 def conv3x3(x: jax.Array, w: jax.Array) -> jax.Array:

@@ -37,13 +37,16 @@ def test_conv3x3_equals_xla_convolution_and_its_gradients(height, width, cin, co
     np.testing.assert_allclose(a, b, rtol=0, atol=1e-5 * scale)
 
 
-@pytest.mark.parametrize("transform", ["input", "output"])
+@pytest.mark.parametrize("transform", ["input", "output", "kernel"])
 def test_transform_gradients_are_the_transposes(transform):
   # <T x, v> == <x, T^T v> for the hand-written transposes of the (linear) transforms.
   rng = np.random.default_rng(0)
   if transform == "input":  # image [2, 5, 6, 3] -> tiles [16, 2 * 3 * 3, 3]
     fn, plain = winograd.input_tiles, winograd._tiles
     x = jnp.asarray(rng.normal(size=(2, 5, 6, 3)), jnp.float32)
+  elif transform == "kernel":  # kernel [3, 3, 2, 3] -> [16, 2, 3]
+    fn, plain = winograd.kernel_transform, lambda w: winograd._two_sided(winograd._G, w)
+    x = jnp.asarray(rng.normal(size=(3, 3, 2, 3)), jnp.float32)
   else:  # products [16, 2 * 3 * 3, 4] -> image [2, 5, 6, 4]
     fn = lambda m: winograd.output_image(m, (2, 5, 6, 4))  # noqa: E731
     plain = lambda m: winograd._output_image(m, (2, 5, 6, 4))  # noqa: E731
