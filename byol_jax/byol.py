@@ -263,7 +263,8 @@ def make_update_fn(
       grads, (loss, probe, projection), (online_state, target_state) = accumulated_gradients(
         state, views, labels
       )
-    if axis_name is not None:
+    if axis_name is not None and jax.lax.axis_size(axis_name) > 1:
+      # (Over one device the mean is the identity, but XLA:CPU would still copy every gradient.)
       loss, grads = jax.lax.pmean((loss, grads), axis_name)
 
     updates, opt_state = optimizer.update(grads, state.opt_state, state.online_params)
