@@ -7,9 +7,9 @@ working set back in, page by page, each page zeroed by the kernel: on the standa
 of ``experiments/benchmark_step.py`` (ResNet-18, 64x64, batch 64) that was ~213,000 page faults
 per step, a quarter of the step's time. With JAX's CPU dispatch synchronous (the step's buffers
 then come from the calling thread's arena, the main heap), large blocks served from that heap and
-the heap never trimmed, the same step faults ~150 times and runs ~1.3x as fast. Freed memory
-stays reusable by the process (as with tcmalloc or jemalloc): its resident size stays near its
-peak instead of shrinking between steps. tf.data's threads keep their own arenas, so the input
+the heap never trimmed, the same step faults tens to ~11,000 times (it varies from process to
+process) and runs ~1.3x as fast. Freed memory stays reusable by the process (as with tcmalloc or
+jemalloc): its resident size stays near its peak instead of shrinking between steps. tf.data's threads keep their own arenas, so the input
 pipeline is not slowed (a single arena for all threads would have cost it ~25%).
 
 :func:`configure` is for entry points (``byol_jax.main``, ``experiments/benchmark_step.py``): it
