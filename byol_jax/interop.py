@@ -6,9 +6,10 @@ opt_state)>, step, rng)`` with Haiku parameter trees of numpy arrays. Its module
 ``byol_jax.models`` (``res_net50/~/block_group_0/~/block_0/~/conv_0``, BN state ``.../~/mean_ema``
 with ``average``/``hidden``/``counter``), so the mapping is by name, checked against the expected
 shapes. :func:`import_original` writes the weights as a byol_jax checkpoint (with a config naming
-the architecture), which ``load_encoder``, linear evaluation and fine-tuning then read. The pickle
-loads without dill or the original code: classes that cannot be imported become plain tuples or
-dicts.
+the architecture), which ``load_encoder``, linear evaluation and fine-tuning then read. It refuses
+a workdir whose ``checkpoints`` folder holds anything, so that no user checkpoint is ever replaced
+or rotated out. The pickle loads without dill or the original code: dill's helpers are
+re-implemented here, and classes that cannot be imported become plain tuples or dicts.
 
 Export. :func:`torch_state_dict` maps a standard-stem ResNet-18/34/50/101/152 (width 1) onto
 torchvision's ``resnet*`` keys (``conv1``, ``bn1``, ``layer1.0.conv1``, ``layer1.0.downsample.0``,
@@ -76,15 +77,23 @@ def _create_namedtuple(name, fieldnames, modulename=None, defaults=None):
   return collections.namedtuple(name, fieldnames, defaults=defaults)
 
 
+def _create_array(reconstruct, args, state, npdict=None):
+  # dill pickles numpy arrays through this function: numpy's own reduction, wrapped.
+  array = reconstruct(*args)
+  array.__setstate__(state)
+  if npdict:  # attributes of an ndarray subclass
+    array.__dict__.update(npdict)
+  return array
+
+
 class _LenientUnpickler(pickle.Unpickler):
   """An Unpickler that maps classes it cannot import (old Haiku, the original code, dill) to
   stand-ins holding their constructor arguments and state."""
 
   def find_class(self, module: str, name: str) -> Any:
-    if module.startswith("dill") and name == "_create_namedtuple":
-      return _create_namedtuple
-    if module.startswith("dill") and name in ("_load_type", "_get_attr"):
-      return super().find_class("builtins", "getattr") if name == "_get_attr" else _load_type
+    # dill's helpers are served from here, so that the pickle loads without dill installed.
+    if module.startswith("dill") and name in _DILL_HELPERS:
+      return _DILL_HELPERS[name]
     try:
       return super().find_class(module, name)
     except (ImportError, AttributeError):
@@ -96,6 +105,14 @@ def _load_type(name: str) -> type:
   import types
 
   return getattr(builtins, name, None) or getattr(types, name, None) or object
+
+
+_DILL_HELPERS = {
+  "_create_namedtuple": _create_namedtuple,
+  "_create_array": _create_array,
+  "_load_type": _load_type,
+  "_get_attr": getattr,
+}
 
 
 def _plain(obj: Any) -> Any:
@@ -196,14 +213,36 @@ def _head_sizes(params: Mapping[str, Any]) -> dict[str, int]:
   return sizes
 
 
+def _require_empty(directory: str) -> None:
+  """Raises UserError unless ``directory`` is missing or an empty folder.
+
+  The import only ever writes into a folder of its own: next to a run's checkpoints it would
+  become their latest step, and the checkpointer's rotation would delete the oldest of them.
+  """
+  if not os.path.lexists(directory):
+    return
+  if not os.path.isdir(directory):
+    raise UserError(f"{directory} is not a folder: pass an empty or new --workdir to import into.")
+  entries = sorted(os.listdir(directory))
+  if entries:
+    shown = ", ".join(repr(e) for e in entries[:3]) + (", ..." if len(entries) > 3 else "")
+    raise UserError(
+      f"{directory} already holds {shown}: the import writes only into an empty checkpoints "
+      "folder, so pass an empty or new --workdir."
+    )
+
+
 def import_original(
   pkl_path: str, workdir: str, *, image_size: int = 224, eval_resize: int = 256
 ) -> str:
   """Converts an original BYOL checkpoint into a byol_jax checkpoint in ``workdir``.
 
   Returns the checkpoint folder. The saved config names the architecture and the ImageNet
-  evaluation resolution (``image_size`` from ``eval_resize``).
+  evaluation resolution (``image_size`` from ``eval_resize``). Raises UserError when
+  ``<workdir>/checkpoints`` already holds anything.
   """
+  directory = os.path.abspath(os.path.join(workdir, checkpointing.CHECKPOINT_SUBDIR))
+  _require_empty(directory)
   original = load_original_pickle(pkl_path)
   online_params = {k: dict(v) for k, v in original["online_params"].items()}
   online_state = {k: dict(v) for k, v in original.get("online_state", {}).items()}
@@ -235,7 +274,6 @@ def import_original(
     target_state=original.get("target_state") or {},
   )
   state = {k: v for k, v in state.items() if not (isinstance(v, dict) and not v)}
-  directory = os.path.join(workdir, checkpointing.CHECKPOINT_SUBDIR)
   checkpointer = checkpointing.Checkpointer(directory)
   try:
     checkpointer.save(int(original["step"]), state, config.to_dict())
