@@ -11,12 +11,14 @@ from __future__ import annotations
 
 import ast
 import importlib.util
+import math
 import types
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, NoReturn
 
 import ml_collections
 
+from byol_jax.data.params import PRESETS
 from byol_jax.errors import UserError
 
 # The augmentation table of the paper (Table 6; the original code's values). View 1 uses T, view 2
@@ -55,6 +57,7 @@ OPTIMIZERS = ("lars", "sgd", "adamw")  # see config.optim.optimizer
 HOST_MEMORY_POLICIES = ("auto", "on", "off")  # see config.host_memory
 COMPUTE_DTYPES = ("float32", "bfloat16", "auto")  # see config.model.compute_dtype
 CONV_IMPLS = ("auto", "winograd", "matmul", "xla")  # see config.model.conv_impl
+PRNG_IMPLS = ("rbg", "threefry2x32", "unsafe_rbg")  # see config.prng_impl (JAX's names)
 
 
 def get_base_config() -> ml_collections.ConfigDict:
@@ -208,118 +211,264 @@ def eval_view_sizes(data: ml_collections.ConfigDict, image_size: int = 0) -> tup
 
 
 def validate_config(config: ml_collections.ConfigDict) -> None:
-  """Raises UserError naming the first impossible value in ``config``."""
+  """Raises UserError naming the first impossible value in ``config``.
 
-  def check(ok: bool, message: str) -> None:
-    if not ok:
-      raise UserError(message)
+  Runs before any slow work (data, compilation). Each message is one line: the field, its value,
+  the rule and a corrected ``--config.field=value`` flag.
+  """
+  _validate_run(config)
+  _validate_data(config)
+  _validate_augment(config)
+  _validate_model(config)
+  _validate_optim(config)
+  _validate_loop(config)
+  _validate_eval(config)
 
-  check(config.mode in MODES, f"config.mode={config.mode!r} is not one of {MODES}.")
-  check(
-    config.host_memory in HOST_MEMORY_POLICIES,
-    f"config.host_memory={config.host_memory!r} is not one of {HOST_MEMORY_POLICIES}.",
-  )
-  check(
-    config.data.source in SOURCES,
-    f"config.data.source={config.data.source!r} is not one of {SOURCES}.",
-  )
-  if config.data.source == "tfds":
-    check(bool(config.data.name), "config.data.source='tfds' needs --config.data.name=<TFDS name>.")
-  if config.data.source == "folder":
-    check(bool(config.data.path), "config.data.source='folder' needs --config.data.path=<folder>.")
-  allowed = ARCHITECTURES + ((FROM_CHECKPOINT,) if config.mode in CHECKPOINT_MODES else ())
-  check(
-    config.model.encoder in allowed,
-    f"config.model.encoder={config.model.encoder!r} is not one of {allowed}.",
-  )
-  if config.mode in CHECKPOINT_MODES or config.mode == "import_original":
-    check(
-      bool(config.checkpoint),
-      f"config.mode={config.mode!r} needs --config.checkpoint=<training workdir or checkpoint>.",
+
+# --------------------------------------------------------------------------------------------
+# Rules shared by the sections. Each reads a dotted field, e.g. "optim.momentum".
+
+
+def _value(config: ml_collections.ConfigDict, field: str) -> Any:
+  node = config
+  for key in field.split("."):
+    node = node[key]
+  return node
+
+
+def _flag(field: str, value: Any) -> str:
+  """``--config.field=value`` as typed in a shell (tuples quoted)."""
+  if isinstance(value, tuple | list):
+    text = "'(" + ",".join(str(v) for v in value) + ("," if len(value) == 1 else "") + ")'"
+  elif isinstance(value, str):
+    text = value or "''"
+  else:
+    text = repr(value)
+  return f"--config.{field}={text}"
+
+
+def _fail(config: ml_collections.ConfigDict, field: str, rule: str, fix: str = "") -> NoReturn:
+  # The default value of every field is valid, so it makes the example unless one is given.
+  fix = fix or _flag(field, _value(get_base_config(), field))
+  raise UserError(f"config.{field}={_value(config, field)!r} {rule}: e.g. {fix}.")
+
+
+def _is_int(value: Any) -> bool:
+  return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_number(value: Any) -> bool:
+  return (_is_int(value) or isinstance(value, float)) and math.isfinite(value)
+
+
+def _int_at_least(config: ml_collections.ConfigDict, field: str, low: int, note: str = "") -> None:
+  """An integer >= ``low``; ``note`` says what the smallest value means (e.g. "(0 = off)")."""
+  value = _value(config, field)
+  if not _is_int(value) or value < low:
+    rule = "must be a positive integer" if low == 1 else f"must be an integer >= {low}"
+    _fail(config, field, f"{rule}{' ' + note if note else ''}")
+
+
+def _number_in(
+  config: ml_collections.ConfigDict,
+  field: str,
+  low: float,
+  high: float | None = None,
+  *,
+  low_open: bool = False,
+  high_open: bool = False,
+  note: str = "",
+) -> None:
+  """A finite number in the interval from ``low`` to ``high`` (None: unbounded)."""
+  value = _value(config, field)
+  ok = _is_number(value) and (value > low if low_open else value >= low)
+  if high is not None:
+    ok = ok and (value < high if high_open else value <= high)
+  if not ok:
+    if high is None:
+      rule = f"must be a number {'>' if low_open else '>='} {low:g}"
+    else:
+      rule = f"must lie in {'(' if low_open else '['}{low:g}, {high:g}{')' if high_open else ']'}"
+    _fail(config, field, f"{rule}{' ' + note if note else ''}")
+
+
+def _positive(config: ml_collections.ConfigDict, field: str) -> None:
+  _number_in(config, field, 0.0, low_open=True)
+
+
+def _one_of(config: ml_collections.ConfigDict, field: str, choices: tuple[str, ...]) -> None:
+  if _value(config, field) not in choices:
+    _fail(config, field, f"is not one of {choices}")
+
+
+def _size_or_zero(config: ml_collections.ConfigDict, field: str, zero_means: str) -> None:
+  """0 (``zero_means``) or an image size of at least 8 pixels."""
+  value = _value(config, field)
+  if not _is_int(value) or not (value == 0 or value >= 8):
+    _fail(config, field, f"must be 0 ({zero_means}) or an image size >= 8")
+
+
+def _ordered(config: ml_collections.ConfigDict, low_field: str, high_field: str) -> None:
+  """``low_field <= high_field`` (each already checked on its own)."""
+  low, high = _value(config, low_field), _value(config, high_field)
+  if low > high:
+    base = get_base_config()
+    fix = (
+      f"{_flag(low_field, _value(base, low_field))} {_flag(high_field, _value(base, high_field))}"
     )
-  if config.mode in ("linear_eval", "finetune"):
-    check(config.eval.batch_size > 0, "config.eval.batch_size must be positive.")
-    check(
-      len(config.eval.base_lrs) > 0 and all(lr > 0 for lr in config.eval.base_lrs),
-      "config.eval.base_lrs must hold positive learning rates: "
-      "e.g. --config.eval.base_lrs='(0.4,)'.",
+    _fail(config, low_field, f"must be <= config.{high_field}={high!r}", fix)
+
+
+# --------------------------------------------------------------------------------------------
+# The sections.
+
+
+def _validate_run(config: ml_collections.ConfigDict) -> None:
+  _one_of(config, "mode", MODES)
+  _one_of(config, "prng_impl", PRNG_IMPLS)
+  _one_of(config, "host_memory", HOST_MEMORY_POLICIES)
+  _int_at_least(config, "seed", 0)
+  if config.mode in (*CHECKPOINT_MODES, "import_original") and not config.checkpoint:
+    _fail(
+      config,
+      "checkpoint",
+      f"must be set: config.mode={config.mode!r} reads the encoder from it",
+      "--config.checkpoint=<training workdir or checkpoint>",
     )
-    check(
-      config.eval.num_steps > 0 or config.eval.num_epochs > 0,
-      "Set a positive config.eval.num_epochs or config.eval.num_steps.",
+
+
+def _validate_data(config: ml_collections.ConfigDict) -> None:
+  d = config.data
+  _one_of(config, "data.source", SOURCES)
+  if d.source == "tfds" and not d.name:
+    _fail(
+      config,
+      "data.name",
+      "must name a TFDS dataset for config.data.source='tfds'",
+      "--config.data.name=cifar10",
     )
-    check(
-      0.0 < config.eval.label_fraction <= 1.0,
-      f"config.eval.label_fraction={config.eval.label_fraction} must lie in (0, 1].",
+  if d.source == "folder" and not d.path:
+    _fail(
+      config,
+      "data.path",
+      "must name an image folder for config.data.source='folder'",
+      "--config.data.path=DIR",
     )
-  check(config.eval.knn_every_steps >= 0, "config.eval.knn_every_steps must be >= 0 (0 = off).")
-  check(config.eval.knn_k > 0, "config.eval.knn_k must be positive.")
-  check(
-    config.eval.knn_image_size >= 0,
-    "config.eval.knn_image_size must be >= 0 (0 = data.eval_image_size).",
-  )
-  check(
-    config.eval.online_probe_classes >= 0,
-    "config.eval.online_probe_classes must be >= 0 (0 = no online probe).",
-  )
-  check(config.eval.knn_temperature > 0, "config.eval.knn_temperature must be positive.")
-  check(
-    config.model.conv_impl in CONV_IMPLS,
-    f"config.model.conv_impl={config.model.conv_impl!r} is not one of {CONV_IMPLS}.",
-  )
-  check(
-    config.model.width_multiplier >= 1,
-    "config.model.width_multiplier must be a positive integer (1, 2, 4).",
-  )
-  blocks = tuple(config.model.tiny_blocks)
-  check(
-    len(blocks) == 4 and all(isinstance(b, int) and b >= 0 for b in blocks) and any(blocks),
-    f"config.model.tiny_blocks={blocks} must be four block counts >= 0, not all 0: "
-    "e.g. --config.model.tiny_blocks='(1,1,1,1)'.",
-  )
-  channels = tuple(config.model.tiny_channels)
-  check(
-    len(channels) == 4 and all(isinstance(n, int) and n >= 1 for n in channels),
-    f"config.model.tiny_channels={channels} must be four positive channel counts: "
-    "e.g. --config.model.tiny_channels='(8,16,32,64)'.",
-  )
-  check(config.batch_size > 0, f"config.batch_size={config.batch_size} must be positive.")
-  check(config.data.image_size >= 8, "config.data.image_size must be at least 8 pixels.")
-  check(config.optim.base_lr > 0, "config.optim.base_lr must be positive.")
-  check(
-    config.optim.grad_accum_steps >= 1,
-    f"config.optim.grad_accum_steps={config.optim.grad_accum_steps} must be a positive integer "
-    "dividing the per-device batch (1 = no accumulation).",
-  )
-  check(
-    config.model.compute_dtype in COMPUTE_DTYPES,
-    f"config.model.compute_dtype={config.model.compute_dtype!r} is not one of {COMPUTE_DTYPES}.",
-  )
-  check(
-    config.optim.optimizer in OPTIMIZERS,
-    f"config.optim.optimizer={config.optim.optimizer!r} is not one of {OPTIMIZERS}.",
-  )
-  check(
-    config.optim.predictor_lr_multiplier > 0,
-    "config.optim.predictor_lr_multiplier must be positive.",
-  )
-  check(0.0 <= config.optim.tau_base <= 1.0, "config.optim.tau_base must lie in [0, 1].")
-  check(
-    config.num_steps > 0 or config.num_epochs > 0,
-    "Set a positive config.num_epochs or config.num_steps.",
-  )
-  for view in ("view1", "view2"):
-    v = config.augment[view]
+  for field in ("data.train_split", "data.eval_split"):
+    if not _value(config, field):
+      _fail(config, field, "must name a split")
+  _int_at_least(config, "data.image_size", 8, "(pixels)")
+  _size_or_zero(config, "data.eval_image_size", "data.image_size")
+  # Evaluation views are resized to eval_resize, then centre-cropped; linear evaluation and
+  # fine-tuning crop data.image_size, pretraining runs (kNN monitor, load_encoder) their
+  # evaluation size.
+  crop_field = "image_size" if config.mode in ("linear_eval", "finetune") else "eval_image_size"
+  crop = d.image_size if crop_field == "image_size" else eval_image_size(d)
+  if not _is_int(d.eval_resize) or d.eval_resize < crop:
+    _fail(
+      config,
+      "data.eval_resize",
+      f"must be at least the evaluation crop ({crop} px, data.{crop_field})",
+      _flag("data.eval_resize", crop),
+    )
+  _int_at_least(config, "data.synthetic_examples", 1)
+  _int_at_least(config, "data.synthetic_classes", 1)
+  _int_at_least(config, "data.shuffle_buffer", 0, "(0 or 1 = no shuffling)")
+  _int_at_least(config, "data.holdout", 0, "(0 = no hold-out)")
+  _int_at_least(config, "data.holdout_seed", 0)
+
+
+def _validate_augment(config: ml_collections.ConfigDict) -> None:
+  for view in ("augment.view1", "augment.view2"):
     for key in ("flip_prob", "jitter_prob", "gray_prob", "blur_prob", "solarize_prob"):
-      check(0.0 <= v[key] <= 1.0, f"config.augment.{view}.{key}={v[key]} must lie in [0, 1].")
-    check(
-      0.0 < v.crop_area_min <= v.crop_area_max <= 1.0,
-      f"config.augment.{view}: need 0 < crop_area_min <= crop_area_max <= 1.",
+      _number_in(config, f"{view}.{key}", 0.0, 1.0)
+    for key in ("brightness", "contrast", "saturation"):
+      _number_in(config, f"{view}.{key}", 0.0)
+    _number_in(config, f"{view}.hue", 0.0, 0.5)  # a shift in turns of the colour wheel
+    for key in ("crop_area_min", "crop_area_max"):
+      _number_in(config, f"{view}.{key}", 0.0, 1.0, low_open=True)
+    _ordered(config, f"{view}.crop_area_min", f"{view}.crop_area_max")
+    for key in ("crop_aspect_min", "crop_aspect_max"):
+      _positive(config, f"{view}.{key}")
+    _ordered(config, f"{view}.crop_aspect_min", f"{view}.crop_aspect_max")
+    _positive(config, f"{view}.blur_sigma_min")  # a zero sigma divides by zero in the kernel
+    _positive(config, f"{view}.blur_sigma_max")
+    _ordered(config, f"{view}.blur_sigma_min", f"{view}.blur_sigma_max")
+    _number_in(config, f"{view}.blur_kernel_fraction", 0.0, 1.0, low_open=True)
+
+
+def _validate_model(config: ml_collections.ConfigDict) -> None:
+  allowed = ARCHITECTURES + ((FROM_CHECKPOINT,) if config.mode in CHECKPOINT_MODES else ())
+  _one_of(config, "model.encoder", allowed)
+  _one_of(config, "model.conv_impl", CONV_IMPLS)
+  _one_of(config, "model.compute_dtype", COMPUTE_DTYPES)
+  _int_at_least(config, "model.width_multiplier", 1)
+  blocks = tuple(config.model.tiny_blocks)
+  if not (len(blocks) == 4 and all(_is_int(b) and b >= 0 for b in blocks) and any(blocks)):
+    _fail(config, "model.tiny_blocks", "must be four block counts >= 0, not all 0")
+  channels = tuple(config.model.tiny_channels)
+  if not (len(channels) == 4 and all(_is_int(n) and n >= 1 for n in channels)):
+    _fail(config, "model.tiny_channels", "must be four positive channel counts")
+  for field in ("model.projector_hidden", "model.projector_output", "model.predictor_hidden"):
+    _int_at_least(config, field, 1)
+  _number_in(config, "model.bn_decay", 0.0, 1.0, high_open=True)
+  _positive(config, "model.bn_eps")
+
+
+def _validate_optim(config: ml_collections.ConfigDict) -> None:
+  _one_of(config, "optim.optimizer", OPTIMIZERS)
+  _positive(config, "optim.base_lr")
+  _number_in(config, "optim.weight_decay", 0.0)
+  _number_in(config, "optim.momentum", 0.0, 1.0, high_open=True)
+  _positive(config, "optim.trust_coefficient")
+  _number_in(config, "optim.warmup_epochs", 0.0)
+  _int_at_least(config, "optim.warmup_steps", -1, "(-1 = use optim.warmup_epochs)")
+  _number_in(config, "optim.tau_base", 0.0, 1.0)
+  _positive(config, "optim.predictor_lr_multiplier")
+  _int_at_least(config, "optim.grad_accum_steps", 1, "dividing the per-device batch")
+
+
+def _validate_loop(config: ml_collections.ConfigDict) -> None:
+  _int_at_least(config, "batch_size", 1)
+  _int_at_least(config, "num_steps", -1, "(-1 = use num_epochs)")
+  if config.num_steps <= 0:
+    _number_in(config, "num_epochs", 0.0, low_open=True, note="unless config.num_steps > 0")
+  _int_at_least(config, "max_skipped_steps", 0, "(0 = stop at the first non-finite loss)")
+  _int_at_least(config, "log_every_steps", 1)
+  _int_at_least(config, "checkpoint_every_steps", 1)
+  _int_at_least(config, "keep_checkpoints", 1)
+
+
+def _validate_eval(config: ml_collections.ConfigDict) -> None:
+  e = config.eval
+  _int_at_least(config, "eval.batch_size", 1)
+  _int_at_least(config, "eval.num_steps", -1, "(-1 = use eval.num_epochs)")
+  if e.num_steps <= 0:
+    _number_in(config, "eval.num_epochs", 0.0, low_open=True, note="unless eval.num_steps > 0")
+  lrs = tuple(e.base_lrs)
+  if not (lrs and all(_is_number(lr) and lr > 0 for lr in lrs)):
+    _fail(config, "eval.base_lrs", "must hold positive learning rates")
+  if config.mode in ("linear_eval", "finetune") and len(lrs) > 1:
+    # Several lrs: each is scored on val_examples held out of the training split (TFDS: the
+    # split's last val_examples records; 0 would make "train[:-0]", an empty training split).
+    _int_at_least(
+      config,
+      "eval.val_examples",
+      1,
+      f"(the best of the {len(lrs)} eval.base_lrs is picked on that many training examples)",
     )
-    check(
-      0.0 < v.crop_aspect_min <= v.crop_aspect_max,
-      f"config.augment.{view}: need 0 < crop_aspect_min <= crop_aspect_max.",
-    )
+  _one_of(config, "eval.train_augment", ("none", *sorted(PRESETS)))
+  _number_in(config, "eval.weight_decay", 0.0)
+  _number_in(config, "eval.label_fraction", 0.0, 1.0, low_open=True)
+  _int_at_least(config, "eval.label_seed", 0)
+  _int_at_least(config, "eval.log_every_steps", 1)
+  _int_at_least(config, "eval.knn_every_steps", 0, "(0 = off)")
+  _int_at_least(config, "eval.knn_k", 1)
+  _positive(config, "eval.knn_temperature")
+  _int_at_least(config, "eval.knn_train_examples", 0, "(0 = all)")
+  _int_at_least(config, "eval.knn_eval_examples", 0, "(0 = all)")
+  _size_or_zero(config, "eval.knn_image_size", "data.eval_image_size")
+  _int_at_least(config, "eval.online_probe_classes", 0, "(0 = no online probe)")
 
 
 def load_config_module(path: str) -> types.ModuleType:
