@@ -49,7 +49,8 @@ class ByolHParams:
   trust_coefficient: float = 1e-3
   optimizer: str = "lars"  # "lars" | "sgd" | "adamw"
   predictor_lr_multiplier: float = 1.0
-  # Drop an update whose loss, gradient or update is not finite instead of applying it.
+  # Drop an update whose loss or gradient is not finite, or whose result (parameters, BatchNorm
+  # statistics, target, optimiser state) is not, instead of applying it.
   skip_nonfinite: bool = False
 
 
@@ -87,6 +88,12 @@ def init_state(
     opt_state=optimizer.init(online_params),
     skipped_steps=jnp.zeros((), jnp.int32),
   )
+
+
+def _all_finite(tree) -> jax.Array:
+  """A boolean scalar: whether every floating-point value in ``tree`` is finite."""
+  leaves = [x for x in jax.tree.leaves(tree) if jnp.issubdtype(x.dtype, jnp.inexact)]
+  return jnp.all(jnp.stack([jnp.all(jnp.isfinite(x)) for x in leaves]))
 
 
 def _global_std(x: jax.Array, axis_name: str | None) -> jax.Array:
@@ -267,7 +274,10 @@ def make_update_fn(
       # (Over one device the mean is the identity, but XLA:CPU would still copy every gradient.)
       loss, grads = jax.lax.pmean((loss, grads), axis_name)
 
-    updates, opt_state = optimizer.update(grads, state.opt_state, state.online_params)
+    # The learning rate is the schedule's at state.step, the one reported in the metrics, even
+    # where the optimiser's own count lags behind (after dropped updates, in older checkpoints).
+    opt_state = optimizers.with_schedule_step(state.opt_state, state.step)
+    updates, opt_state = optimizer.update(grads, opt_state, state.online_params)
     online_params = optax.apply_updates(state.online_params, updates)
     tau = schedules.target_ema_decay(state.step, hp.tau_base, hp.total_steps)
     _, online_no_pred = models.split_predictor(online_params)
@@ -293,13 +303,16 @@ def make_update_fn(
       skipped_steps=state.skipped_steps,
     )
     if hp.skip_nonfinite:
-      finite = (
-        jnp.isfinite(loss)
-        & jnp.isfinite(metrics["grad_norm"])
-        & jnp.isfinite(optax.global_norm(updates))
+      # The whole new state, not only the update: BatchNorm's moving variance can overflow while
+      # the loss is still finite, and a state kept so would make every later update non-finite.
+      finite = _all_finite((loss, metrics["grad_norm"], new_state))
+      # A dropped update leaves everything as it was but the step, so data, keys and the
+      # learning-rate schedule move on.
+      dropped = state._replace(
+        step=state.step + 1,
+        opt_state=optimizers.with_schedule_step(state.opt_state, state.step + 1),
+        skipped_steps=state.skipped_steps + 1,
       )
-      # A dropped update leaves everything as it was but the step, so data and keys move on.
-      dropped = state._replace(step=state.step + 1, skipped_steps=state.skipped_steps + 1)
       new_state = jax.tree.map(lambda new, old: jnp.where(finite, new, old), new_state, dropped)
     return new_state, metrics
 

@@ -91,6 +91,24 @@ def _momentum_sgd(
   )
 
 
+def with_schedule_step(opt_state: optax.OptState, step: jax.Array) -> optax.OptState:
+  """``opt_state`` with the learning-rate schedule's count set to ``step``.
+
+  optax schedules read a count kept in the optimiser state (``ScaleByScheduleState``), which
+  advances only when an update is applied; the training step also advances when a non-finite
+  update is dropped, so the step is what the learning rate must follow. Adam's own count (its
+  bias correction, which counts moment updates) is left as it is.
+  """
+
+  def is_schedule(s: object) -> bool:
+    return isinstance(s, optax.ScaleByScheduleState)
+
+  def set_count(s: object) -> object:
+    return s._replace(count=jnp.asarray(step, s.count.dtype)) if is_schedule(s) else s
+
+  return jax.tree.map(set_count, opt_state, is_leaf=is_schedule)
+
+
 def predictor_mask(params: hk.Params) -> hk.Params:
   """True for the predictor's parameters (modules under ``predictor``)."""
   return hk.data_structures.map(lambda module, name, value: module.startswith("predictor"), params)

@@ -165,3 +165,30 @@ def test_predictor_lr_multiplier_scales_only_the_predictor():
 def test_make_rejects_unknown_names():
   with pytest.raises(ValueError, match="Unknown optimizer"):
     optimizers.make("rmsprop", 0.1)
+
+
+@pytest.mark.parametrize("name", optimizers.OPTIMIZERS)
+def test_with_schedule_step_sets_the_learning_rate_step(name):
+  rng = np.random.default_rng(6)
+  params = jax.tree.map(lambda x: jnp.asarray(x, jnp.float32), _byol_params(rng))
+  grads = jax.tree.map(lambda x: jnp.asarray(rng.normal(size=x.shape), jnp.float32), params)
+  lrs = jnp.asarray([0.0, 0.1, 0.2, 0.3, 0.4, 0.5])
+  opt = optimizers.make(name, lambda count: lrs[count], 1e-2, predictor_lr_multiplier=2.0)
+  _, state = opt.update(grads, opt.init(params), params)  # one update: every count is 1
+  at_four = optimizers.with_schedule_step(state, jnp.asarray(4))
+  # The update uses the learning rate of step 4, with the moments of the one update done ...
+  got, _ = opt.update(grads, at_four, params)
+  fixed = optimizers.make(name, lambda count: lrs[4], 1e-2, predictor_lr_multiplier=2.0)
+  want, _ = fixed.update(grads, state, params)
+  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-6), got, want)
+  # ... and nothing else changed: Adam's bias correction still counts one update.
+  has_count = lambda s: "count" in getattr(s, "_fields", ())  # noqa: E731
+  counts = [
+    (type(s).__name__, int(s.count))
+    for s in jax.tree.leaves(at_four, is_leaf=has_count)
+    if has_count(s)
+  ]
+  expected = [("ScaleByScheduleState", 4)]
+  if name == "adamw":
+    expected = [("ScaleByAdamState", 1), *expected]
+  assert counts == expected
