@@ -124,6 +124,9 @@ def test_eval_batches_pad_and_mask(indexed):
   assert [b["mask"].tolist() for b in batches][-1] == [True, True, False, False, False]
   labels = np.concatenate([b["label"][b["mask"]] for b in batches])
   np.testing.assert_array_equal(labels, np.arange(N))
+  # Each slot names its example (the label here); padding has index -1.
+  index = np.concatenate([b["index"] for b in batches])
+  np.testing.assert_array_equal(index, np.concatenate([np.arange(N), [-1, -1, -1]]))
   assert batches[-1]["label"][-1] == -1
   assert not batches[-1]["image"][-1].any()
   assert batches[0]["image"].shape == (5, 8, 8, 3)

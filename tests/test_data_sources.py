@@ -158,14 +158,18 @@ def test_folder_skips_corrupt_files_with_one_warning(class_folder):
   assert len(_all_examples(src)) == 12
 
 
-def test_truncated_file_past_header_check_is_dropped_at_run_time(class_folder):
+def test_truncated_file_past_header_check_is_left_out_at_run_time(class_folder):
   (class_folder / "bee" / "truncated.jpg").write_bytes(_jpeg_bytes((64, 64))[:200])
   # The header check alone can't see the truncation ...
   src = sources.folder_source(str(class_folder), full_check=False)
   assert src.num_examples == 13
-  # ... so the pipeline drops it instead of crashing.
+  bad = src.paths.index(str(class_folder / "bee" / "truncated.jpg"))
+  assert src.describe(bad).endswith("truncated.jpg (does not decode)")
+  # ... so evaluation masks it and pre-training replaces it, instead of crashing.
   batches = list(pipeline.eval_batches(src, batch_size=8, image_size=8, resize_size=8))
   assert sum(int(b["mask"].sum()) for b in batches) == 12
+  masked = np.concatenate([b["index"][~b["mask"]] for b in batches])
+  assert masked.tolist() == [bad, -1, -1, -1]
   stream = pipeline.pretrain_batches(
     src, global_batch_size=13, image_size=8, view1=PAPER_T, view2=PAPER_T_PRIME, seed=0
   )

@@ -20,14 +20,26 @@ Each example's two views use seeds derived from (seed, p) by stateless ops, so t
 not depend on tf.data threading. Sources that hold encoded files (image folders, TFDS) are decoded
 inside the pipeline: JPEGs only within the window that holds both crops, with the crop boxes
 sampled from the header's shape, which gives the pixels of a full decode at a fraction of the
-cost for small crops of large images. Files that fail to decode at run time (which the folder
-pre-scan did not catch) are dropped, shifting later examples by one slot.
+cost for small crops of large images.
+
+Files that cannot be read or decoded at run time (which the folder pre-scan did not catch, or a
+mount that went away) never shift the stream: every position yields exactly one example. An
+example that fails is replaced by the next example of its local batch that loaded (cyclically;
+zeros if none did), a function of the batch's positions and of which files fail. Hence a resumed
+run repeats the uninterrupted run's batches exactly whenever the same files fail in both; a file
+that fails in only one of them (deleted or repaired in between) changes only the batches that
+hold it. Failures are caught per example by ``ignore_errors`` inside one small dataset per batch,
+counted on the host, and each bad file is warned about once (``warning: ...``); when more than
+half of a process's recent examples fail, the run stops with a UserError. Evaluation batches keep
+a failed example's slot, masked, with its source index, so features stay paired with files.
 """
 
 from __future__ import annotations
 
+import collections
 import math
-from collections.abc import Iterator
+import os
+from collections.abc import Callable, Iterator
 
 import numpy as np
 import tensorflow as tf
@@ -47,6 +59,13 @@ from byol_jax.errors import UserError
 # Tags that keep the shuffle and augmentation random streams apart.
 _SHUFFLE_TAG = 0x5EED5
 _AUGMENT_TAG = 0xA06
+# A process stops when more than half of its last examples failed to load, counted over at least
+# this many batches and examples: enough that scattered bad files never stop a run, few enough
+# that a missing folder stops it within a few steps.
+_FAILURE_WINDOW_BATCHES = 3
+_FAILURE_WINDOW_EXAMPLES = 32
+# Bad files named one by one; further ones are only counted.
+_MAX_WARNED_FILES = 100
 
 
 def local_batch_size(global_batch_size: int, process_count: int) -> int:
@@ -179,6 +198,146 @@ def _options() -> tf.data.Options:
   return options
 
 
+def _fill_slots(
+  slots: tf.Tensor, rows: dict[str, tf.Tensor], n: tf.Tensor, substitute: bool
+) -> dict[str, tf.Tensor]:
+  """``n`` rows from the rows that loaded (``slots``: their ascending places among the ``n``).
+
+  A slot that did not load gets "ok" False and, with ``substitute``, a copy of the next slot that
+  did (cyclically), else zeros; zeros too when none loaded.
+  """
+  m = tf.shape(slots)[0]
+
+  def patched() -> dict[str, tf.Tensor]:
+    place = tf.range(n)
+    # Each slot's row if it loaded, else the row of the next slot that did (m past the last).
+    row = tf.searchsorted(slots, place)
+    ok = tf.equal(tf.gather(tf.concat([slots, [-1]], 0), row), place)
+    source = row % tf.maximum(m, 1) if substitute else tf.where(ok, row, m)
+    out = {}
+    for key, value in rows.items():
+      zero = tf.zeros(tf.concat([[1], tf.shape(value)[1:]], 0), value.dtype)
+      out[key] = tf.gather(tf.concat([value, zero], 0), source)
+    return {**out, "ok": ok}
+
+  # The common case copies nothing.
+  return tf.cond(tf.equal(m, n), lambda: {**rows, "ok": tf.ones([n], tf.bool)}, patched)
+
+
+def _load_batches(
+  inputs: tf.data.Dataset,
+  load: Callable[[dict[str, tf.Tensor]], dict[str, tf.Tensor]],
+  *,
+  max_rows: int,
+  substitute: bool,
+) -> tf.data.Dataset:
+  """``load`` of each input of each batch of ``inputs``: one output row per input, always.
+
+  ``inputs`` yields dicts of [n, ...] tensors (n <= ``max_rows``), "index" among them. An input
+  whose ``load`` raises (a file that cannot be read or decoded) gets a row with "ok" False (see
+  :func:`_fill_slots`). Output batches hold ``load``'s keys, "ok" and the inputs' "index".
+
+  TensorFlow has no decode that cannot fail, so ``ignore_errors`` catches the errors, inside one
+  small dataset per batch (a per-batch cost); several batches load at once, so the cores stay
+  busy across batch boundaries.
+  """
+
+  def one_batch(x: dict[str, tf.Tensor]) -> tf.data.Dataset:
+    n = tf.shape(x["index"])[0]
+    loaded = (
+      tf.data.Dataset.from_tensor_slices((tf.range(n), x))
+      .map(lambda j, xj: (j, load(xj)), num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+      .ignore_errors()
+    )
+    # When nothing loaded, batch() yields nothing: an empty batch stands in.
+    none_loaded = tf.data.Dataset.from_tensors(
+      (
+        tf.zeros([0], tf.int32),
+        {k: tf.zeros([0, *spec.shape], spec.dtype) for k, spec in loaded.element_spec[1].items()},
+      )
+    )
+    return (
+      loaded.batch(max_rows)
+      .concatenate(none_loaded)
+      .take(1)
+      .map(lambda slots, rows: {**_fill_slots(slots, rows, n, substitute), "index": x["index"]})
+    )
+
+  cycle = max(2, -(-(os.cpu_count() or 1) // max_rows))
+  return inputs.interleave(
+    one_batch, cycle_length=cycle, num_parallel_calls=cycle, deterministic=True
+  )
+
+
+def _with_batch_size(batch: dict[str, tf.Tensor], size: int) -> dict[str, tf.Tensor]:
+  return {k: tf.ensure_shape(v, [size, *v.shape[1:]]) for k, v in batch.items()}
+
+
+class _FailureCheck:
+  """Host-side bookkeeping of the examples of a process that failed to load.
+
+  Counts them, warns once per bad file (one line), and raises UserError when more than half of
+  the examples of the last few batches failed (files unreadable, a folder gone).
+  """
+
+  def __init__(self, source: DataSource, batch_size: int):
+    self.source = source
+    self.total = 0
+    self.warned: set[int] = set()
+    window = max(_FAILURE_WINDOW_BATCHES, math.ceil(_FAILURE_WINDOW_EXAMPLES / batch_size))
+    self.recent: collections.deque[int] = collections.deque(maxlen=window)
+    self.batch_size = batch_size
+    self.limit = window * batch_size // 2
+
+  def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """The batch without its "ok" and "index" entries, after checking them."""
+    failed = batch.pop("index")[~batch.pop("ok")]
+    self.recent.append(len(failed))
+    if not len(failed):
+      return batch
+    self.total += len(failed)
+    if sum(self.recent) > self.limit:
+      seen = len(self.recent) * self.batch_size
+      raise UserError(
+        f"{sum(self.recent)} of the last {seen} examples of {self.source.name} could not be read "
+        f"or decoded (e.g. {self.source.describe(int(failed[0]))}): the files are unreadable or "
+        "their folder is gone; check that the data is in place and readable (mounted), then rerun "
+        "the same command to resume."
+      )
+    for index in np.unique(failed).tolist():
+      if index in self.warned or len(self.warned) >= _MAX_WARNED_FILES:
+        continue
+      self.warned.add(index)
+      what = self.source.describe(index) if index >= 0 else f"an example of {self.source.name}"
+      more = " (further ones are only counted)" if len(self.warned) == _MAX_WARNED_FILES else ""
+      print(
+        f"warning: {what} could not be read or decoded; it is replaced by another example of its "
+        f"batch ({self.total} failed example(s) so far){more}.",
+        flush=True,
+      )
+    return batch
+
+
+def _checked_batches(
+  ds: tf.data.Dataset, source: DataSource, batch_size: int
+) -> Iterator[dict[str, np.ndarray]]:
+  """The numpy batches of a :func:`pretrain_dataset`, with its load failures checked."""
+  check = _FailureCheck(source, batch_size)
+  batches = ds.as_numpy_iterator()
+  while True:
+    try:
+      batch = next(batches)
+    except StopIteration:
+      return
+    except (tf.errors.NotFoundError, tf.errors.PermissionDeniedError, tf.errors.DataLossError) as e:
+      # Reads outside the per-example loads (TFDS record files) fail the whole stream.
+      raise UserError(
+        f"Reading {source.name} failed ({' '.join(e.message.split())[:200]}): check that the "
+        "data is in place and readable (mounted), then rerun the same command to resume."
+      ) from e
+    yield check(batch)
+
+
 def pretrain_dataset(
   source: DataSource,
   *,
@@ -196,7 +355,9 @@ def pretrain_dataset(
   """The infinite tf.data pipeline behind :func:`pretrain_batches` (same arguments).
 
   With ``view2=None`` each example is one fully augmented view ``{"image", "label"}`` (the
-  supervised batches of :func:`train_batches`).
+  supervised batches of :func:`train_batches`). Batches also hold "ok" (bool [B]: False where the
+  example failed to load and was replaced, see the module docstring) and "index" (int64 [B]: the
+  source index of each position's example, -1 for TFDS), which the batch iterators check and drop.
   """
   batch = local_batch_size(global_batch_size, process_count)
   if not 0 <= process_index < process_count:
@@ -234,13 +395,14 @@ def pretrain_dataset(
     encoded = source.encoded_reads
     read = source.read_encoded if encoded else source.read
 
-    def load(k: tf.Tensor) -> dict[str, tf.Tensor]:
+    def slot(k: tf.Tensor) -> dict[str, tf.Tensor]:
       pos = position(k)
-      return make_example(pos, read(shuffled_index(seed, pos, n)), encoded)
+      return {"position": pos, "index": shuffled_index(seed, pos, n)}
 
-    ds = tf.data.Dataset.counter(0).map(
-      load, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True
-    )
+    def load(x: dict[str, tf.Tensor]) -> dict[str, tf.Tensor]:
+      return make_example(x["position"], read(x["index"]), encoded)
+
+    inputs = tf.data.Dataset.counter(0).map(slot)
   else:
     if not isinstance(source, TfdsSource):
       raise TypeError(f"Unsupported sequential source {type(source).__name__}.")
@@ -264,15 +426,21 @@ def pretrain_dataset(
         max(1, min(shuffle_buffer, n_local)), seed=shuffle_seed, reshuffle_each_iteration=False
       )
 
+    def load(x: dict[str, tf.Tensor]) -> dict[str, tf.Tensor]:
+      return make_example(x["position"], x["record"], encoded=True)
+
     stream = tf.data.Dataset.counter(start_epoch).flat_map(epoch_records).skip(skip)
-    ds = tf.data.Dataset.zip(tf.data.Dataset.counter(0), stream).map(
-      lambda k, record: make_example(position(k), record, encoded=True),
-      num_parallel_calls=tf.data.AUTOTUNE,
-      deterministic=True,
+    # TFDS records have no file name: index -1.
+    inputs = tf.data.Dataset.zip(tf.data.Dataset.counter(0), stream).map(
+      lambda k, record: {
+        "position": position(k),
+        "index": tf.constant(-1, tf.int64),
+        "record": record,
+      }
     )
-  # Only files that fail to decode raise here; dropping them beats crashing a long run.
-  ds = ds.ignore_errors(log_warning=True)
-  ds = ds.batch(batch, drop_remainder=True)
+  # One example per position, whatever fails to decode: batches stay aligned with positions.
+  ds = _load_batches(inputs.batch(batch), load, max_rows=batch, substitute=True)
+  ds = ds.map(lambda b: _with_batch_size(b, batch))
   ds = ds.prefetch(tf.data.AUTOTUNE)
   return ds.with_options(_options())
 
@@ -303,6 +471,10 @@ def pretrain_batches(
     B = global_batch_size // process_count and S = image_size. Views are float32 in [0, 1] after
     the full augmentation, or, with ``host_colour_ops=False``, uint8 after crop and flip only (then
     apply ``device_augment.colour_augment(to_float(views), key, params)`` on the device).
+
+  Raises:
+    UserError: when more than half of the recent examples could not be read or decoded (files
+      unreadable, a folder gone); single bad files are replaced and warned about instead.
   """
   ds = pretrain_dataset(
     source,
@@ -319,7 +491,7 @@ def pretrain_batches(
   )
   if num_batches is not None:
     ds = ds.take(num_batches)
-  yield from ds.as_numpy_iterator()
+  yield from _checked_batches(ds, source, local_batch_size(global_batch_size, process_count))
 
 
 def train_batches(
@@ -351,7 +523,7 @@ def train_batches(
     process_count=process_count,
     shuffle_buffer=shuffle_buffer,
   )
-  yield from ds.as_numpy_iterator()
+  yield from _checked_batches(ds, source, local_batch_size(global_batch_size, process_count))
 
 
 def num_eval_batches(num_examples: int, batch_size: int, process_count: int = 1) -> int:
@@ -373,11 +545,15 @@ def eval_batches(
 
   ``batch_size`` is global (as in :func:`pretrain_batches`); each process yields
   ``batch_size // process_count`` examples per batch and the same number of batches
-  (:func:`num_eval_batches`), the last ones padded.
+  (:func:`num_eval_batches`), the last ones padded. An example that cannot be read or decoded
+  keeps its slot, masked; they are reported in one warning line at the end of the pass, and a
+  pass in which none loaded is a UserError.
 
   Yields:
-    {"image": float32 [B, S, S, 3] in [0, 1], "label": int32 [B], "mask": bool [B]}, mask True
-    for real examples (padding has label -1 and a zero image).
+    {"image": float32 [B, S, S, 3] in [0, 1], "label": int32 [B], "mask": bool [B],
+    "index": int64 [B]}, mask True for the examples that loaded (padding and failed examples
+    have label -1 and a zero image); index is the example's index in ``source`` (-1 for
+    padding and for TFDS records).
   """
   batch = local_batch_size(batch_size, process_count)
   if resize_size < image_size:
@@ -385,28 +561,87 @@ def eval_batches(
       f"eval resize_size={resize_size} must be at least image_size={image_size}: "
       "raise --config.data.eval_resize."
     )
-  ds = source.dataset(process_index, process_count)
 
   def prepare(example: dict[str, tf.Tensor]) -> dict[str, tf.Tensor]:
     return {
       "image": centre_crop(example["image"], image_size, resize_size),
       "label": tf.cast(example["label"], tf.int32),
-      "mask": tf.constant(True),
     }
 
-  ds = ds.map(prepare, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
-  ds = ds.ignore_errors(log_warning=True)
+  inputs, load = _eval_inputs(source, process_index, process_count, prepare)
+  ds = _load_batches(inputs.batch(batch), load, max_rows=batch, substitute=False)
+  ds = ds.map(lambda b: _pad_eval_batch(b, batch))
   padding = tf.data.Dataset.from_tensors(
     {
-      "image": tf.zeros([image_size, image_size, 3], tf.float32),
-      "label": tf.constant(-1, tf.int32),
-      "mask": tf.constant(False),
+      "image": tf.zeros([batch, image_size, image_size, 3], tf.float32),
+      "label": tf.fill([batch], -1),
+      "mask": tf.zeros([batch], tf.bool),
+      "index": tf.fill([batch], tf.constant(-1, tf.int64)),
+      "failed": tf.zeros([batch], tf.bool),
     }
   ).repeat()
-  total = num_eval_batches(source.num_examples, batch_size, process_count) * batch
-  ds = ds.concatenate(padding).take(total).batch(batch, drop_remainder=True)
+  total = num_eval_batches(source.num_examples, batch_size, process_count)
+  ds = ds.concatenate(padding).take(total)
   ds = ds.prefetch(tf.data.AUTOTUNE).with_options(_options())
-  yield from ds.as_numpy_iterator()
+  failed, loaded = [], 0
+  for b in ds.as_numpy_iterator():
+    failed.extend(b["index"][b.pop("failed")].tolist())
+    loaded += int(b["mask"].sum())
+    yield b
+  _report_eval_failures(source, failed, loaded)
+
+
+def _eval_inputs(
+  source: DataSource,
+  process_index: int,
+  process_count: int,
+  prepare: Callable[[dict[str, tf.Tensor]], dict[str, tf.Tensor]],
+) -> tuple[tf.data.Dataset, Callable[[dict[str, tf.Tensor]], dict[str, tf.Tensor]]]:
+  """This process's evaluation inputs ({"index", ...}, storage order) and the load of one."""
+  if source.random_access:
+    indices = source.shard_indices(process_index, process_count)
+    inputs = tf.data.Dataset.from_tensor_slices({"index": indices})
+    return inputs, lambda x: prepare(source.read(x["index"]))
+  if not isinstance(source, TfdsSource):
+    raise TypeError(f"Unsupported sequential source {type(source).__name__}.")
+  records = source.records(process_index, process_count)
+  inputs = records.map(lambda r: {"index": tf.constant(-1, tf.int64), "record": r})
+  return inputs, lambda x: prepare(TfdsSource.decode(x["record"]))
+
+
+def _pad_eval_batch(b: dict[str, tf.Tensor], size: int) -> dict[str, tf.Tensor]:
+  """A loaded evaluation batch with failed slots masked (label -1), padded to ``size`` rows."""
+  ok = b["ok"]
+
+  def rows(value: tf.Tensor, fill) -> tf.Tensor:
+    padding = [[0, size - tf.shape(value)[0]]] + [[0, 0]] * (value.shape.rank - 1)
+    return tf.pad(value, padding, constant_values=fill)
+
+  out = {
+    "image": rows(b["image"], 0),
+    "label": rows(tf.where(ok, b["label"], -1), -1),
+    "mask": rows(ok, False),
+    "index": rows(b["index"], -1),
+    "failed": rows(tf.logical_not(ok), False),
+  }
+  return _with_batch_size(out, size)
+
+
+def _report_eval_failures(source: DataSource, failed: list[int], loaded: int) -> None:
+  """One warning line for the examples an evaluation pass left out; UserError if all were."""
+  if not failed:
+    return
+  first = source.describe(failed[0]) if failed[0] >= 0 else f"an example of {source.name}"
+  if not loaded:
+    raise UserError(
+      f"None of the {len(failed)} examples of {source.name} could be read or decoded (e.g. "
+      f"{first}): check that the data is in place and readable (mounted)."
+    )
+  print(
+    f"warning: {len(failed)} example(s) of {source.name} could not be read or decoded and were "
+    f"left out (first: {first}).",
+    flush=True,
+  )
 
 
 def augment_batch_numpy(

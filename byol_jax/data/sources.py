@@ -68,6 +68,10 @@ class DataSource:
     """The example at ``index`` as {"image": encoded bytes, "label"}, when ``encoded_reads``."""
     raise NotImplementedError(f"{type(self).__name__} does not give encoded images.")
 
+  def describe(self, index: int) -> str:
+    """Example ``index`` for messages: its file and what is wrong with it, where it has one."""
+    return f"example {index} of {self.name}"
+
   def shard_indices(self, process_index: int = 0, process_count: int = 1) -> np.ndarray:
     """This process's contiguous block of example indices (disjoint across processes)."""
     _check_process(process_index, process_count)
@@ -183,6 +187,9 @@ class SubsetSource(DataSource):
 
   def read(self, index: tf.Tensor) -> dict[str, tf.Tensor]:
     return self.base.read(self._base_index(index))
+
+  def describe(self, index: int) -> str:
+    return self.base.describe(int(self.indices[index]))
 
   def read_encoded(self, index: tf.Tensor) -> dict[str, tf.Tensor]:
     return self.base.read_encoded(self._base_index(index))
@@ -391,6 +398,14 @@ class FileSource(DataSource):
     data = tf.io.read_file(tf.gather(self._paths_t, index))
     return {"image": data, "label": tf.gather(self._labels_t, index)}
 
+  def describe(self, index: int) -> str:
+    path = self.paths[index]
+    if not os.path.exists(path):
+      return f"{path} (missing)"
+    if not os.access(path, os.R_OK):
+      return f"{path} (not readable)"
+    return f"{path} (does not decode)"
+
   def read(self, index: tf.Tensor) -> dict[str, tf.Tensor]:
     example = self.read_encoded(index)
     image = tf.io.decode_image(
@@ -419,8 +434,8 @@ def folder_source(
     holdout_seed: seed of the hold-out choice; the split depends only on the file list.
     subset: "train" (everything but the hold-out) or "holdout".
     full_check: decode every file with PIL at start-up to find corrupt ones; None decides by size
-      (full up to 100,000 files, else only a header check; files failing to decode later are
-      skipped by the pipeline).
+      (full up to 100,000 files, else only a header check; the pipeline replaces examples whose
+      files fail to decode later, see ``pipeline``).
   """
   if not path or not os.path.isdir(path):
     raise UserError(f"Image folder {path!r} does not exist: pass an existing --config.data.path.")
