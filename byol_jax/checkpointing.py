@@ -18,7 +18,6 @@ from typing import Any
 import jax
 import numpy as np
 import orbax.checkpoint as ocp
-from absl import logging
 
 from byol_jax.errors import UserError
 
@@ -86,6 +85,10 @@ class CorruptCheckpointError(Exception):
   """A checkpoint whose files exist but cannot be read back."""
 
 
+class ShapeMismatchError(UserError):
+  """A checkpoint whose arrays do not have the shapes of the model it is restored into."""
+
+
 def _path(keys: tuple) -> str:
   """A leaf's path with tuple indices and named-tuple fields written as Orbax stores them."""
   parts = []
@@ -126,13 +129,19 @@ class Checkpointer:
   def save(self, step: int, state: Any, config: Mapping[str, Any]) -> None:
     """Writes ``state`` (a pytree of arrays on the host) and the config at ``step``."""
     state = jax.tree.map(np.asarray, state)
-    self._manager.save(
-      step,
-      args=ocp.args.Composite(
-        state=ocp.args.StandardSave(state), config=ocp.args.JsonSave(dict(config))
-      ),
-      force=True,
-    )
+    try:
+      self._manager.save(
+        step,
+        args=ocp.args.Composite(
+          state=ocp.args.StandardSave(state), config=ocp.args.JsonSave(dict(config))
+        ),
+        force=True,
+      )
+    except Exception as e:  # a full disk, a lost mount, no permission: whatever the storage says
+      raise UserError(
+        f"Writing checkpoint {step} to {self.directory} failed ({_first_line(e)}); the earlier "
+        "checkpoints are intact: free space or fix the folder, then run the same command to resume."
+      ) from e
 
   def restore_config(self, step: int | None = None) -> dict[str, Any]:
     """The config saved with the checkpoint at ``step`` (default: the latest)."""
@@ -160,7 +169,7 @@ class Checkpointer:
     wanted = {_path(p): x.shape for p, x in jax.tree_util.tree_leaves_with_path(target)}
     if saved != wanted:
       diff = sorted(set(saved.items()) ^ set(wanted.items()))[:2]
-      raise UserError(
+      raise ShapeMismatchError(
         f"Checkpoint {self.directory}/{step} does not fit this model (first differences: {diff}): "
         "use the config it was trained with, or a fresh --workdir."
       )
@@ -174,23 +183,64 @@ class Checkpointer:
     return restored.state
 
   def restore_latest_intact(
-    self, target: Any, check_config: Callable[[dict[str, Any]], None] | None = None
+    self,
+    target: Any,
+    check_config: Callable[[dict[str, Any]], None] | None = None,
+    all_agree: Callable[[bool, str], bool] | None = None,
   ) -> tuple[int, Any] | None:
     """The newest checkpoint that reads back completely, as (step, state); None if none.
 
     A damaged newer checkpoint (a crash or a full disk during its write, a truncated copy) is
-    skipped with a warning rather than ending the run. ``check_config`` sees each candidate's
-    saved config first and may refuse it by raising UserError.
+    moved aside (see :meth:`move_aside`) with a warning rather than ending the run, so that the
+    run can write that step again. ``check_config`` sees each candidate's saved config first and
+    may refuse it by raising UserError; once it accepted the config, arrays of other shapes than
+    ``target``'s (e.g. a lost array metadata file) mean damage. With several processes, ``all_agree`` (the local verdict
+    and a unique name -> whether every process could read it) makes one decision for all: a step
+    that any process cannot read is skipped by all of them.
     """
     for step in sorted(self.all_steps(), reverse=True):
       try:
         if check_config is not None:
           check_config(self.restore_config(step))
-        return step, self.restore(target, step)
+        state, problem = self.restore(target, step), ""
       except CorruptCheckpointError as e:
-        logging.warning("Skipping damaged checkpoint %s", e)
-        print(f"warning: checkpoint {step} is damaged ({e}); falling back to an earlier one.")
+        state, problem = None, str(e)
+      except ShapeMismatchError as e:
+        if check_config is None:  # no saved config was compared: maybe another architecture
+          raise
+        state, problem = None, f"its arrays do not match its saved config: {e}"
+      readable = state is not None
+      if all_agree is not None:
+        readable = all_agree(readable, f"byol_jax_restore_{step}")
+      if readable:
+        return step, state
+      moved = self.move_aside(step)
+      if jax.process_index() == 0:
+        print(
+          f"warning: checkpoint {step} is damaged ({problem or 'unreadable on another process'});"
+          f" moved to {moved}, falling back to an earlier one.",
+          flush=True,
+        )
     return None
+
+  def move_aside(self, step: int) -> str:
+    """Renames a step's folder to ``<directory>_damaged/<step>[-k]`` (never deletes it) so the
+    run can write that step again; returns the new path. Only process 0 moves it, then every
+    process waits for the move and rereads the folder."""
+    source = os.path.join(self.directory, str(step))
+    target = os.path.join(f"{self.directory}_damaged", str(step))
+    k = 1
+    while os.path.exists(target):
+      k += 1
+      target = os.path.join(f"{self.directory}_damaged", f"{step}-{k}")
+    if jax.process_index() == 0:
+      os.makedirs(os.path.dirname(target), exist_ok=True)
+      os.replace(source, target)
+    ocp.multihost.sync_global_processes(
+      f"byol_jax_moved_aside_{step}", processes=set(range(jax.process_count()))
+    )
+    self._manager.reload()
+    return target
 
   def wait(self) -> None:
     """Blocks until pending saves are on disk."""

@@ -151,8 +151,9 @@ def get_base_config() -> ml_collections.ConfigDict:
   c.num_epochs = 1000.0
   c.num_steps = -1  # > 0 overrides num_epochs
 
-  # > 0: drop updates with a non-finite loss, gradient or update, and stop once more than this
-  # many were dropped; 0: the first non-finite loss stops the run.
+  # > 0: drop updates whose loss, gradient or resulting state (parameters, BatchNorm statistics,
+  # target, optimiser state) is not finite, and stop once more than this many were dropped; 0: the
+  # first non-finite loss stops the run.
   c.max_skipped_steps = 0
 
   c.log_every_steps = 100

@@ -6,6 +6,7 @@ Parses flags, loads the config (with ``--config.field=value`` overrides), and di
 
 from __future__ import annotations
 
+import contextlib
 import os
 import sys
 
@@ -64,35 +65,51 @@ def _run(argv) -> None:
   import jax
 
   jax.config.update("jax_default_prng_impl", config.prng_impl)
-  if FLAGS.coordinator_address or FLAGS.distributed:
-    jax.distributed.initialize(
-      FLAGS.coordinator_address,
-      FLAGS.num_processes,
-      FLAGS.process_id,
-      heartbeat_timeout_seconds=FLAGS.heartbeat_timeout_seconds,
-    )
-  from byol_jax import host_memory
+  from byol_jax import preemption
 
-  host_memory.configure(config.host_memory)
-  workdir = FLAGS.workdir or os.path.join(
-    "runs", os.path.splitext(os.path.basename(FLAGS["config"].config_filename))[0]
+  # Pretraining records SIGTERM / SIGINT from here on, so that a signal during the set-up still
+  # ends the run cleanly; JAX's preemption service would take SIGTERM for itself (see
+  # byol_jax/preemption.py). Other modes keep the default handlers.
+  pretraining = config.mode == "pretrain"
+  with preemption.StopSignals() if pretraining else contextlib.nullcontext() as signals:
+    if FLAGS.coordinator_address or FLAGS.distributed:
+      jax.config.update("jax_enable_preemption_service", False)
+      jax.distributed.initialize(
+        FLAGS.coordinator_address,
+        FLAGS.num_processes,
+        FLAGS.process_id,
+        heartbeat_timeout_seconds=FLAGS.heartbeat_timeout_seconds,
+      )
+    from byol_jax import host_memory
+
+    host_memory.configure(config.host_memory)
+    _dispatch(config, _workdir(), signals)
+
+
+def _workdir() -> str:
+  return flags.FLAGS.workdir or os.path.join(
+    "runs", os.path.splitext(os.path.basename(flags.FLAGS["config"].config_filename))[0]
   )
+
+
+def _dispatch(config, workdir: str, signals) -> None:
   if config.mode == "pretrain":
     from byol_jax import train
 
-    train.pretrain(config, workdir)
+    train.pretrain(config, workdir, signals)
   elif config.mode in ("linear_eval", "finetune", "embed"):
     from byol_jax import evaluate
 
     getattr(evaluate, config.mode)(config, workdir)
-  elif config.mode in ("export_torch", "import_original"):
+  elif config.mode == "export_torch":
     from byol_jax import interop
 
-    if config.mode == "export_torch":
-      output = config.eval.output or os.path.join(workdir, "encoder_torch.pt")
-      interop.export_torch(config.checkpoint, output)
-    else:
-      interop.import_original(config.checkpoint, workdir)
+    output = config.eval.output or os.path.join(workdir, "encoder_torch.pt")
+    interop.export_torch(config.checkpoint, output)
+  elif config.mode == "import_original":
+    from byol_jax import interop
+
+    interop.import_original(config.checkpoint, workdir)
 
 
 def main(argv) -> None:

@@ -225,7 +225,9 @@ def restore_or_init(
         "(with --config.init_encoder_from=<that workdir> to start from its encoder)."
       )
 
-  found = checkpointer.restore_latest_intact(state._asdict(), check_architecture)
+  found = checkpointer.restore_latest_intact(
+    state._asdict(), check_architecture, all_agree=preemption.all_processes
+  )
   if found is None:
     if config.init_encoder_from:
       state = with_encoder_from(state, config)
@@ -252,8 +254,19 @@ def with_encoder_from(state: byol.TrainState, config: ml_collections.ConfigDict)
   )
 
 
-def pretrain(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:
-  """Runs (or resumes) BYOL pretraining; returns the last logged metrics."""
+def pretrain(
+  config: ml_collections.ConfigDict,
+  workdir: str,
+  signals: preemption.StopSignals | None = None,
+) -> dict[str, float]:
+  """Runs (or resumes) BYOL pretraining; returns the last logged metrics.
+
+  ``signals`` records SIGTERM / SIGINT (``main`` installs it before ``jax.distributed``); by
+  default the run installs its own for its whole duration.
+  """
+  if signals is None:
+    with preemption.StopSignals() as own:
+      return pretrain(config, workdir, own)
   from byol_jax import monitor  # the data modules load here: see make_source
   from byol_jax.data import pipeline
 
@@ -284,8 +297,12 @@ def pretrain(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float
   state = restore_or_init(checkpointer, config, optimizer)
   start_step = int(state.step)
   if is_main:
-    with open(os.path.join(workdir, "config.json"), "w") as f:
-      f.write(config.to_json_best_effort(indent=2))
+    change = writers.record_config(workdir, config.to_json_best_effort(indent=2), start_step)
+    if change:
+      print(
+        f"note: config changed since the last start ({', '.join(change[1])}); "
+        f"the previous config is kept as {change[0]}."
+      )
     n_params = models.count_params(state.online_params)
     accum = config.optim.grad_accum_steps
     print(
@@ -331,61 +348,79 @@ def pretrain(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float
       )
     checkpointer.save(step, host_state._asdict(), config.to_dict())
 
-  stopped_by = ""
+  vote = preemption.StopVote(signals)
+  stopped = False
   try:
-    with preemption.PreemptionGuard() as guard:
-      if jax.process_count() > 1 and step < plan.total_steps:
-        device_batches = compile_then_sync(p_update, state, rng, device_batches)
-      for batch in device_batches:
-        if step >= plan.total_steps:
-          break
-        state, metrics = p_update(state, batch, rng)
-        step += 1
-        if step == start_step + 1:
-          progress.start(step)  # throughput excludes the compiling first step
-        is_log = step % config.log_every_steps == 0 or step == plan.total_steps
-        is_ckpt = step % config.checkpoint_every_steps == 0 or step == plan.total_steps
-        if is_log or is_ckpt:
-          scalars = {k: float(v) for k, v in parallel.unreplicate(metrics).items()}
-          if config.max_skipped_steps > 0:
-            scalars["skipped_steps"] = float(parallel.unreplicate(state.skipped_steps))
-            check_skipped(step, int(scalars["skipped_steps"]), config.max_skipped_steps)
-          else:
-            check_finite(step, scalars)
-          if is_log:
-            scalars["images_per_s"] = progress.update(step, scalars)
-            writer.write(step, scalars)
-            last = scalars
-          if is_ckpt:
-            save(step)
-        if knn_monitor is not None and knn_monitor.due(step, plan.total_steps):
-          knn = knn_monitor(state.online_params, state.online_state)
-          writer.write(step, knn)
-          if is_main:
-            print(" | ".join(f"{k} {v:.4f}" for k, v in knn.items()), flush=True)
-          progress.start(step)  # the throughput excludes the monitor's time
-        if guard.should_stop(step):
-          if not is_ckpt:
-            save(step)
-          stopped_by = guard.signal_name or "preemption"
-          break
+    # A signal during the set-up ends the run before the step compiles: nothing new to save.
+    stopped = preemption.any_process(signals.requested, "byol_jax_stop_before_training")
+    if not stopped and jax.process_count() > 1 and step < plan.total_steps:
+      device_batches = compile_then_sync(p_update, state, rng, device_batches)
+    for batch in () if stopped else device_batches:
+      if step >= plan.total_steps:
+        break
+      state, metrics = p_update(state, batch, rng)
+      step += 1
+      if step == start_step + 1:
+        progress.start(step)  # throughput excludes the compiling first step
+      is_log = step % config.log_every_steps == 0 or step == plan.total_steps
+      is_ckpt = step % config.checkpoint_every_steps == 0 or step == plan.total_steps
+      if is_log or is_ckpt:
+        scalars = {k: float(v) for k, v in parallel.unreplicate(metrics).items()}
+        if config.max_skipped_steps > 0:
+          scalars["skipped_steps"] = float(parallel.unreplicate(state.skipped_steps))
+          check_skipped(step, int(scalars["skipped_steps"]), config.max_skipped_steps)
+        else:
+          check_finite(step, scalars)
+        if is_log:
+          scalars["images_per_s"] = progress.update(step, scalars)
+          writer.write(step, scalars)
+          last = scalars
+        if is_ckpt:
+          save(step)
+      if knn_monitor is not None and knn_monitor.due(step, plan.total_steps):
+        knn = knn_monitor(state.online_params, state.online_state)
+        writer.write(step, knn)
+        if is_main:
+          print(" | ".join(f"{k} {v:.4f}" for k, v in knn.items()), flush=True)
+        progress.start(step)  # the throughput excludes the monitor's time
+      if vote.after_step():
+        if not is_ckpt:
+          save(step)
+        stopped = True
+        break
   finally:
     checkpointer.wait()
     checkpointer.close()
     writer.close()
-  if is_main and stopped_by:
-    print(
-      f"Stopped by {stopped_by} at step {step}; checkpoint written to {checkpointer.directory}. "
-      "Run the same command to resume.",
-      flush=True,
-    )
-  elif is_main:
-    print(
-      f"Done: {step} steps. Checkpoints in {checkpointer.directory}, metrics in "
-      f"{writer.jsonl_path}, TensorBoard logs in {writer.tensorboard_dir}.",
-      flush=True,
-    )
+  if is_main:
+    print(end_summary(step, start_step, stopped, signals, checkpointer, writer), flush=True)
   return last
+
+
+def end_summary(
+  step: int,
+  start_step: int,
+  stopped: bool,
+  signals: preemption.StopSignals,
+  checkpointer: checkpointing.Checkpointer,
+  writer: writers.MetricWriter,
+) -> str:
+  """The run's last line: where its outputs are, or where and why it stopped early."""
+  if not stopped:
+    return (
+      f"Done: {step} steps. Checkpoints in {checkpointer.directory}, metrics in "
+      f"{writer.jsonl_path}, TensorBoard logs in {writer.tensorboard_dir}."
+    )
+  cause = signals.signal_name or "a signal to another process"
+  if step == start_step:
+    return (
+      f"Stopped by {cause} before step {step + 1}: nothing new to save. "
+      "Run the same command to continue."
+    )
+  return (
+    f"Stopped by {cause} at step {step}; checkpoint written to {checkpointer.directory}. "
+    "Run the same command to resume."
+  )
 
 
 def check_skipped(step: int, skipped: int, limit: int) -> None:

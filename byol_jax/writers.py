@@ -15,6 +15,9 @@ from typing import TextIO
 
 import numpy as np
 
+from byol_jax.checkpointing import flat_dict
+from byol_jax.errors import UserError
+
 
 class MetricWriter:
   """Appends ``{"step": k, name: value, ...}`` lines to a JSONL file and to TensorBoard."""
@@ -33,13 +36,21 @@ class MetricWriter:
       self._tb = tf.summary.create_file_writer(self.tensorboard_dir)
 
   def truncate_after(self, step: int) -> None:
-    """Drops the JSONL records of steps after ``step`` (they are about to be recomputed)."""
+    """Drops the JSONL records of steps after ``step`` (they are about to be recomputed), and a
+    line cut short by a kill during its write."""
     if not self._enabled or not os.path.exists(self.jsonl_path):
       return
     with open(self.jsonl_path) as f:
       lines = f.readlines()
-    kept = [line for line in lines if line.strip() and json.loads(line)["step"] <= step]
-    if len(kept) != len(lines):
+    kept = []
+    for line in lines:
+      try:
+        record = json.loads(line)
+      except ValueError:  # a partial line
+        continue
+      if record["step"] <= step:
+        kept.append(line if line.endswith("\n") else line + "\n")
+    if kept != lines:
       tmp = self.jsonl_path + ".tmp"
       with open(tmp, "w") as f:
         f.writelines(kept)
@@ -49,8 +60,14 @@ class MetricWriter:
     if not self._enabled:
       return
     record = {"step": int(step), **{k: float(np.asarray(v)) for k, v in scalars.items()}}
-    with open(self.jsonl_path, "a") as f:
-      f.write(json.dumps(record) + "\n")
+    try:
+      with open(self.jsonl_path, "a") as f:
+        f.write(json.dumps(record) + "\n")
+    except OSError as e:
+      raise UserError(
+        f"Writing {self.jsonl_path} failed ({e.strerror or e}): free space or fix the folder, "
+        "then run the same command to resume from the last checkpoint."
+      ) from e
     if self._tb is not None:
       import tensorflow as tf
       from tensorflow.core.framework import summary_pb2
@@ -68,6 +85,40 @@ class MetricWriter:
   def close(self) -> None:
     if self._tb is not None:
       self._tb.close()
+
+
+def record_config(workdir: str, config_json: str, start_step: int) -> tuple[str, list[str]] | None:
+  """Writes the run's config to ``<workdir>/config.json``.
+
+  A resume with another config keeps the previous start's file as
+  ``config.before_step_<start_step>[-k].json``, so every start's config stays on disk, and
+  returns (that path, the dotted names of the fields that changed); None when nothing changed.
+  """
+  path = os.path.join(workdir, "config.json")
+  change = None
+  if os.path.exists(path):
+    with open(path) as f:
+      previous = f.read()
+    if previous == config_json:
+      return None
+    kept = os.path.join(workdir, f"config.before_step_{start_step}.json")
+    k = 1
+    while os.path.exists(kept):
+      k += 1
+      kept = os.path.join(workdir, f"config.before_step_{start_step}-{k}.json")
+    os.replace(path, kept)
+    change = (kept, _changed_fields(previous, config_json))
+  with open(path, "w") as f:
+    f.write(config_json)
+  return change
+
+
+def _changed_fields(a: str, b: str) -> list[str]:
+  try:
+    old, new = flat_dict(json.loads(a)), flat_dict(json.loads(b))
+  except ValueError:  # a file cut short: every field counts as changed
+    return ["(unreadable previous config)"]
+  return sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k))
 
 
 def _duration(seconds: float) -> str:
