@@ -19,6 +19,7 @@ import jax
 import numpy as np
 import orbax.checkpoint as ocp
 
+from byol_jax import parallel
 from byol_jax.errors import UserError
 
 CHECKPOINT_SUBDIR = "checkpoints"
@@ -211,7 +212,7 @@ class Checkpointer:
         state, problem = None, f"its arrays do not match its saved config: {e}"
       readable = state is not None
       if all_agree is not None:
-        readable = all_agree(readable, f"byol_jax_restore_{step}")
+        readable = all_agree(readable, f"restore_{step}")
       if readable:
         return step, state
       moved = self.move_aside(step)
@@ -236,9 +237,7 @@ class Checkpointer:
     if jax.process_index() == 0:
       os.makedirs(os.path.dirname(target), exist_ok=True)
       os.replace(source, target)
-    ocp.multihost.sync_global_processes(
-      f"byol_jax_moved_aside_{step}", processes=set(range(jax.process_count()))
-    )
+    parallel.sync_processes(f"moved_aside_{step}")
     self._manager.reload()
     return target
 

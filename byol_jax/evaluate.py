@@ -12,10 +12,16 @@
 
 These are experiment drivers, like ``train.pretrain``: they read the config. Results are printed,
 appended to ``metrics.jsonl`` and written as ``<mode>.json`` in the workdir.
+
+With several processes each reads its own shard of the training, validation and test data; the
+classifiers train on the same global batches as one process would, accuracies count the examples
+of all processes, and the lr is chosen on those, so every process gets the same results (process 0
+writes them).
 """
 
 from __future__ import annotations
 
+import itertools
 import json
 import math
 import os
@@ -27,6 +33,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 import optax
+from jax.experimental import multihost_utils
 
 from byol_jax import config_base, models, parallel, schedules, train, writers
 from byol_jax import encoder as encoder_lib
@@ -71,10 +78,11 @@ def split_off(
 
   TFDS splits are cut with split slicing (the last ``count`` records).
   """
-  if count >= source.num_examples:
+  if not 0 < count < source.num_examples:
     raise UserError(
       f"Cannot hold out {count} of the {source.num_examples} training examples for validation: "
-      "lower --config.eval.val_examples."
+      "choose --config.eval.val_examples between 1 and the training examples (or use more labels"
+      " with --config.eval.label_fraction, or a single --config.eval.base_lrs)."
     )
   if not source.random_access:
     split = config.data.train_split
@@ -107,25 +115,61 @@ def extract_features(
   params: hk.Params,
   state: hk.State,
   batches: Iterator[dict[str, np.ndarray]],
+  gather: bool = False,
 ) -> tuple[np.ndarray, np.ndarray]:
   """Features and labels of every real example of ``batches`` with a ``pmap``-ed encoder.
 
   ``params`` and ``state`` are replicated over the local devices; padding examples are dropped.
+  ``batches`` are this process's (:func:`eval_views`); with ``gather`` every process gets those
+  of all processes, in the source's order (the shards are contiguous blocks in process order).
   """
-  feats, labels = [], []
+  parts = []
   for batch in batches:
     out = p_encode(params, state, parallel.shard(batch["image"]))
-    out = np.asarray(out).reshape(len(batch["image"]), -1)
-    feats.append(out[batch["mask"]])
-    labels.append(batch["label"][batch["mask"]])
-  if not feats:
+    parts.append((np.asarray(out).reshape(len(batch["image"]), -1), batch["label"], batch["mask"]))
+  if not parts:
     raise UserError("The evaluation data is empty: check the dataset and its split.")
-  return np.concatenate(feats), np.concatenate(labels)
+  if gather:
+    # Batch by batch: every process has the same number of (padded) batches, and one gathered
+    # batch fits in any device's memory, unlike a whole gathered training set.
+    parallel.sync_processes("features")
+    parts = [multihost_utils.process_allgather(part) for part in parts]
+  else:
+    parts = [[x[None] for x in part] for part in parts]
+  # [processes, examples of all batches, ...], flattened in process order.
+  feats, labels, mask = (np.concatenate(xs, axis=1) for xs in zip(*parts))
+  mask = mask.reshape(-1)
+  return feats.reshape(mask.size, -1)[mask], labels.reshape(-1)[mask]
 
 
 def _eval_batch_size(batch_size: int) -> int:
-  n = jax.local_device_count()
+  # Global, like batch_size: each process's share must split over its devices.
+  n = jax.device_count()
   return max(n, batch_size // n * n)
+
+
+def _top_k_hits(scores: np.ndarray, labels: np.ndarray, ks: tuple[int, ...]) -> list[int]:
+  """For each k, the number of rows of ``scores`` [N, C] whose label is among the k highest
+  (ties broken by index, as in ``probes.top_k_accuracy``)."""
+  order = np.argsort(-scores, axis=1, kind="stable")
+  return [int(np.sum(np.any(order[:, :k] == labels[:, None], axis=1))) for k in ks]
+
+
+def global_accuracy(
+  scores: np.ndarray, labels: np.ndarray, ks: tuple[int, ...] = (1, 5)
+) -> tuple[np.ndarray, int]:
+  """Top-k accuracies of classifiers over the examples of all processes, and their number.
+
+  ``scores`` [L, N, C] are L classifiers' scores of this process's N examples; returns the
+  accuracies [L, len(ks)], equal on every process (the hit counts are summed over processes).
+  """
+  local = np.array([[*_top_k_hits(s, labels, ks), len(labels)] for s in scores], np.int32)
+  parallel.sync_processes("accuracy")
+  total = multihost_utils.process_allgather(local).sum(axis=0)
+  count = int(total[0, -1])
+  if count == 0:
+    return np.full([len(scores), len(ks)], np.nan), 0
+  return total[:, :-1] / count, count
 
 
 def _num_steps(config: ml_collections.ConfigDict, num_examples: int) -> int:
@@ -191,16 +235,27 @@ def make_linear_step(peak_lrs: np.ndarray, optimizer: optax.GradientTransformati
 
 
 def _feature_batches(
-  features: np.ndarray, labels: np.ndarray, batch_size: int, seed: int
+  features: np.ndarray,
+  labels: np.ndarray,
+  batch_size: int,
+  seed: int,
+  process_index: int = 0,
+  process_count: int = 1,
 ) -> Iterator[tuple[np.ndarray, np.ndarray]]:
-  """Endless shuffled batches of precomputed features (a new permutation per epoch)."""
+  """Endless shuffled batches of precomputed features (a new permutation per epoch).
+
+  ``features`` are those of all processes; each yields its slots of every global batch of
+  ``batch_size``, so the global batches do not depend on the number of processes.
+  """
+  local = pipeline.local_batch_size(batch_size, process_count)
+  mine = slice(process_index * local, (process_index + 1) * local)
   rng = np.random.default_rng(seed)
   n = len(labels)
   order = np.zeros([0], np.int64)
   while True:
     while len(order) < batch_size:
       order = np.concatenate([order, rng.permutation(n)])
-    idx, order = order[:batch_size], order[batch_size:]
+    idx, order = order[:batch_size][mine], order[batch_size:]
     yield features[idx], labels[idx]
 
 
@@ -261,14 +316,19 @@ def linear_eval(config: ml_collections.ConfigDict, workdir: str) -> dict:
     )
   view = _train_view(config)
   if view is None:  # frozen encoder and fixed views: encode the training set once
+    # Every process keeps the features of all processes' shards (as one process would), so the
+    # global batches are drawn from the whole training set.
     feats, labels = extract_features(
-      p_encode, enc_params, enc_state, eval_views(train_src, image_size, resize, eval_bs)
+      p_encode,
+      enc_params,
+      enc_state,
+      eval_views(train_src, image_size, resize, eval_bs),
+      gather=True,
     )
-    local = pipeline.local_batch_size(batch_size, jax.process_count())
-    feature_stream = (
-      (parallel.shard(f), parallel.shard(y))
-      for f, y in _feature_batches(feats, labels, local, config.seed)
+    batches = _feature_batches(
+      feats, labels, batch_size, config.seed, jax.process_index(), jax.process_count()
     )
+    feature_stream = ((parallel.shard(f), parallel.shard(y)) for f, y in batches)
   else:
     batches = pipeline.train_batches(
       train_src,
@@ -284,6 +344,9 @@ def linear_eval(config: ml_collections.ConfigDict, workdir: str) -> dict:
       (p_encode(enc_params, enc_state, parallel.shard(b["image"])), parallel.shard(b["label"]))
       for b in batches
     )
+  first = next(feature_stream)
+  parallel.compile_then_sync(p_step, (clf, opt_state, *first), "linear_step")
+  feature_stream = itertools.chain([first], feature_stream)
   log_every = max(1, config.eval.log_every_steps)
   for step, (features, labels) in zip(range(1, total + 1), feature_stream):
     clf, opt_state, losses = p_step(clf, opt_state, features, labels)
@@ -298,25 +361,24 @@ def linear_eval(config: ml_collections.ConfigDict, workdir: str) -> dict:
     )
     return np.einsum("nd,ldc->lnc", feats, clf["w"]) + clf["b"][:, None, :], labels
 
-  from byol_jax.probes import top_k_accuracy
-
+  # Accuracies over all processes' examples: every process picks the same lr and reports the same.
   results: dict = dict(checkpoint=weights.source, checkpoint_step=weights.step, steps=total)
   best = 0
   if val_src is not None:
-    val_scores, val_labels = scores(val_src)
-    val_top1 = [top_k_accuracy(s, val_labels, 1) for s in val_scores]
+    val_accuracy, _ = global_accuracy(*scores(val_src), ks=(1,))
+    val_top1 = val_accuracy[:, 0].tolist()
     best = int(np.argmax(val_top1))
     results["val_top1_per_lr"] = dict(zip(map(str, base_lrs), val_top1))
     results["val_top1"] = val_top1[best]
   test_scores, test_labels = scores(test_src)
+  accuracy, count = global_accuracy(test_scores[best : best + 1], test_labels)
   results["base_lr"] = base_lrs[best]
-  results["top1"] = top_k_accuracy(test_scores[best], test_labels, 1)
-  results["top5"] = top_k_accuracy(test_scores[best], test_labels, 5)
-  results["test_examples"] = len(test_labels)
+  results["top1"], results["top5"] = accuracy[0].tolist()
+  results["test_examples"] = count
   if is_main:
     print(
       f"Linear evaluation: top-1 {100 * results['top1']:.2f}%, top-5 "
-      f"{100 * results['top5']:.2f}% on {len(test_labels)} test images (base lr {base_lrs[best]}).",
+      f"{100 * results['top5']:.2f}% on {count} test images (base lr {base_lrs[best]}).",
       flush=True,
     )
   _write_results(workdir, "linear_eval", results, total)
@@ -388,8 +450,11 @@ def materialize_tfds_subset(source: sources.TfdsSource, indices: np.ndarray) -> 
   return EncodedSource(encoded, np.asarray(labels), source.num_classes, f"{source.name}[subset]")
 
 
-def make_finetune_step(network: hk.TransformedWithState, peak_lr: float, optimizer):
-  """``step(params, state, opt_state, images, labels)`` training encoder and linear head."""
+def make_finetune_step(network: hk.TransformedWithState, optimizer):
+  """``step(params, state, opt_state, images, labels, peak_lr)`` training encoder and linear head.
+
+  The lr is an argument, so one compiled step serves every learning rate of a sweep.
+  """
 
   def loss_fn(params, state, images, labels):
     images = device_augment.normalize(device_augment.to_float(images))
@@ -398,7 +463,7 @@ def make_finetune_step(network: hk.TransformedWithState, peak_lr: float, optimiz
     loss = jnp.mean(optax.softmax_cross_entropy_with_integer_labels(logits, labels))
     return loss, state
 
-  def step(params, state, opt_state, images, labels):
+  def step(params, state, opt_state, images, labels, peak_lr):
     (loss, state), grads = jax.value_and_grad(loss_fn, has_aux=True)(params, state, images, labels)
     loss, grads = jax.lax.pmean((loss, grads), AXIS)
     updates, opt_state = optimizer.update(grads, opt_state, params)
@@ -455,21 +520,23 @@ def finetune(config: ml_collections.ConfigDict, workdir: str) -> dict:
   view = _train_view(config) or augment.get_preset("crop_only")[0].replace(crop_area_min=1.0)
   eval_bs = _eval_batch_size(batch_size)
   is_main = jax.process_index() == 0
-  from byol_jax.probes import top_k_accuracy
 
+  optimizer = _sgd(total, config.eval.weight_decay)
+  p_step = jax.pmap(
+    make_finetune_step(network, optimizer),
+    axis_name=AXIS,
+    in_axes=(0, 0, 0, 0, 0, None),
+    donate_argnums=(0, 1, 2),
+  )
   runs = []
   for base_lr in base_lrs:
-    peak_lr = schedules.scaled_learning_rate(base_lr, batch_size)
-    optimizer = _sgd(total, config.eval.weight_decay)
+    peak_lr = np.float32(schedules.scaled_learning_rate(base_lr, batch_size))
     params = dict(
       encoder=weights.params,
       head=dict(w=np.zeros((dim, num_classes), np.float32), b=np.zeros((num_classes,), np.float32)),
     )
     opt_state = optimizer.init(params)
     params, state, opt_state = parallel.replicate((params, weights.state, opt_state))
-    p_step = jax.pmap(
-      make_finetune_step(network, peak_lr, optimizer), axis_name=AXIS, donate_argnums=(0, 1, 2)
-    )
     if is_main:
       print(
         f"Fine-tuning {weights.source} on {train_src.num_examples} labelled images "
@@ -486,10 +553,12 @@ def finetune(config: ml_collections.ConfigDict, workdir: str) -> dict:
       process_count=jax.process_count(),
       shuffle_buffer=config.data.shuffle_buffer,
     )
-    for step, batch in zip(range(1, total + 1), batches):
-      params, state, opt_state, loss = p_step(
-        params, state, opt_state, parallel.shard(batch["image"]), parallel.shard(batch["label"])
-      )
+    device_batches = (parallel.shard((b["image"], b["label"])) for b in batches)
+    first = next(device_batches)
+    parallel.compile_then_sync(p_step, (params, state, opt_state, *first, peak_lr), "finetune_step")
+    device_batches = itertools.chain([first], device_batches)
+    for step, (images, targets) in zip(range(1, total + 1), device_batches):
+      params, state, opt_state, loss = p_step(params, state, opt_state, images, targets, peak_lr)
       if is_main and (step % max(1, config.eval.log_every_steps) == 0 or step == total):
         print(f"finetune step {step}/{total} | loss {float(loss[0]):.4f}", flush=True)
 
@@ -500,14 +569,17 @@ def finetune(config: ml_collections.ConfigDict, workdir: str) -> dict:
       head = parallel.unreplicate(params["head"])
       return feats @ head["w"] + head["b"], labels
 
+    # Accuracies over all processes' examples: every process picks the same lr.
     val_top1 = None
     if val_src is not None:
       val_scores, val_labels = scores(val_src)
-      val_top1 = top_k_accuracy(val_scores, val_labels)
+      val_accuracy, _ = global_accuracy(val_scores[None], val_labels, ks=(1,))
+      val_top1 = float(val_accuracy[0, 0])
     test_scores, test_labels = scores(test_src)
-    runs.append((val_top1, base_lr, test_scores, test_labels))
+    test_accuracy, count = global_accuracy(test_scores[None], test_labels)
+    runs.append((val_top1, base_lr, test_accuracy[0].tolist(), count))
   best = max(range(len(runs)), key=lambda i: runs[i][0] if runs[i][0] is not None else 0.0)
-  val_top1, base_lr, test_scores, test_labels = runs[best]
+  val_top1, base_lr, (top1, top5), count = runs[best]
   results: dict = dict(
     checkpoint=weights.source,
     checkpoint_step=weights.step,
@@ -515,16 +587,16 @@ def finetune(config: ml_collections.ConfigDict, workdir: str) -> dict:
     labelled_examples=len(chosen),
     steps=total,
     base_lr=base_lr,
-    top1=top_k_accuracy(test_scores, test_labels, 1),
-    top5=top_k_accuracy(test_scores, test_labels, 5),
-    test_examples=len(test_labels),
+    top1=top1,
+    top5=top5,
+    test_examples=count,
   )
   if val_top1 is not None:
     results["val_top1"] = val_top1
   if is_main:
     print(
       f"Fine-tuning on {100 * config.eval.label_fraction:g}% of the labels: top-1 "
-      f"{100 * results['top1']:.2f}%, top-5 {100 * results['top5']:.2f}%.",
+      f"{100 * top1:.2f}%, top-5 {100 * top5:.2f}% on {count} test images (base lr {base_lr}).",
       flush=True,
     )
   _write_results(workdir, "finetune", results, total)
@@ -539,7 +611,8 @@ def embed(config: ml_collections.ConfigDict, workdir: str) -> str:
   """Writes features, labels and file names of ``config.data`` to ``.npz``; returns its path.
 
   The images get the checkpoint's evaluation preprocessing. For image folders the whole folder
-  is embedded (no hold-out).
+  is embedded (no hold-out). Files that cannot be read or decoded are left out (one warning
+  line); every row keeps its own file name.
   """
   config_base.validate_config(config)
   encoder = encoder_lib.load_encoder(config.checkpoint)
@@ -548,13 +621,17 @@ def embed(config: ml_collections.ConfigDict, workdir: str) -> str:
     source = sources.folder_source(config.data.path)
   else:
     source = train.make_source(config, config.data.train_split)
-  feats, labels = [], []
+  feats, labels, indices = [], [], []
   for batch in pipeline.eval_batches(
     source, batch_size=256, image_size=encoder.image_size, resize_size=encoder.resize_size
   ):
-    feats.append(encoder.embed_views(batch["image"])[batch["mask"]])
-    labels.append(batch["label"][batch["mask"]])
-  names = getattr(source, "paths", None) or [""] * source.num_examples
+    keep = batch["mask"]
+    feats.append(encoder.embed_views(batch["image"])[keep])
+    labels.append(batch["label"][keep])
+    indices.append(batch["index"][keep])
+  # Each row's own file, by the source index its batch carries (failed files leave gaps).
+  paths = getattr(source, "paths", None)
+  names = [paths[i] if paths else "" for i in np.concatenate(indices).tolist()]
   output = config.eval.output or os.path.join(workdir, "embeddings.npz")
   os.makedirs(os.path.dirname(os.path.abspath(output)), exist_ok=True)
   features = np.concatenate(feats)
@@ -562,7 +639,7 @@ def embed(config: ml_collections.ConfigDict, workdir: str) -> str:
     output,
     features=features,
     labels=np.concatenate(labels),
-    filenames=np.asarray(names[: len(features)]),
+    filenames=np.asarray(names, dtype=str),
   )
   print(f"Wrote {len(features)} {features.shape[1]}-d features to {output}.", flush=True)
   return output

@@ -7,6 +7,7 @@ directly with a sharding over the local devices (the public replacement of the r
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Sequence
 from typing import Any
 
@@ -17,6 +18,8 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec
 # The name of the device axis of the pmap-ed steps; placing arrays on a mesh axis of the same name
 # gives them exactly the sharding that pmap returns, so feeding outputs back in never recompiles.
 AXIS = "batch"
+# Numbers the barriers between processes: the coordination service needs a new name for each.
+_BARRIERS = itertools.count()
 
 
 def _sharding(devices: Sequence[jax.Device]) -> NamedSharding:
@@ -59,3 +62,25 @@ def _first(x: Any) -> np.ndarray:
 def unreplicate(tree: Any) -> Any:
   """The first local device's copy of every leaf, as host numpy arrays."""
   return jax.tree.map(_first, tree)
+
+
+def sync_processes(what: str) -> None:
+  """Waits until every process gets here (through the coordination service, not a collective).
+
+  Call it before a collective that processes may reach far apart: gloo, the CPU collectives,
+  gives up on peers 30 s late, and one process may compile for minutes what another found in the
+  compilation cache. Every process must make the same calls, in the same order.
+  """
+  if jax.process_count() > 1:
+    from orbax.checkpoint import multihost
+
+    name = f"byol_jax_{next(_BARRIERS)}_{what}"
+    multihost.sync_global_processes(name, processes=set(range(jax.process_count())), timeout=3600)
+
+
+def compile_then_sync(p_step, args: tuple[Any, ...], what: str) -> None:
+  """Compiles ``p_step`` for ``args`` (its first call then finds it in JAX's cache) and waits for
+  every process, so that all reach the step's collectives together (see :func:`sync_processes`)."""
+  if jax.process_count() > 1:
+    p_step.lower(*args).compile()
+    sync_processes(what)

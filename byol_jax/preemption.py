@@ -87,7 +87,7 @@ class StopVote:
 
 
 def any_process(flag: bool, name: str) -> bool:
-  """Whether ``flag`` holds on any process (all processes must call it, with the same ``name``).
+  """Whether ``flag`` holds on any process (all processes must call it; ``name`` says what for).
 
   A barrier through the coordination service first, so that the processes reach the collective
   together (gloo, the CPU collectives, gives up on peers that arrive 30 s late).
@@ -95,9 +95,8 @@ def any_process(flag: bool, name: str) -> bool:
   if jax.process_count() == 1:
     return flag
   from jax.experimental import multihost_utils
-  from orbax.checkpoint import multihost
 
-  multihost.sync_global_processes(name, processes=set(range(jax.process_count())))
+  parallel.sync_processes(name)
   return bool(np.any(multihost_utils.process_allgather(np.asarray(flag))))
 
 

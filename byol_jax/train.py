@@ -20,7 +20,6 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
-import orbax.checkpoint as ocp
 from absl import logging
 
 from byol_jax import (
@@ -182,20 +181,10 @@ def prefetch_to_devices(batches: Iterator[dict[str, np.ndarray]], size: int = 2)
 
 
 def compile_then_sync(p_update, state, rng, device_batches: Iterator[Any]) -> Iterator[Any]:
-  """Compiles the step, then waits for every process, so that all start the first step together.
-
-  Multi-process CPU runs reduce across processes with gloo, which sets up its connections at the
-  first collective and gives up after 30 s (fixed in XLA): a process still compiling its step
-  (compile times differ, e.g. when one finds the step in the compilation cache) would make the
-  others fail. The barrier goes through the coordination service, not a collective. Returns the
-  batches, the first one included.
-  """
+  """Compiles the step, then waits for every process, so that all start the first step together
+  (:func:`parallel.compile_then_sync`). Returns the batches, the first one included."""
   first = next(device_batches)
-  # Compiled here, the step is found in JAX's cache when the loop calls it.
-  p_update.lower(state, first, rng).compile()
-  ocp.multihost.sync_global_processes(
-    "byol_jax_step_compiled", processes=set(range(jax.process_count())), timeout=3600
-  )
+  parallel.compile_then_sync(p_update, (state, first, rng), "step_compiled")
   return itertools.chain([first], device_batches)
 
 
@@ -352,7 +341,7 @@ def pretrain(
   stopped = False
   try:
     # A signal during the set-up ends the run before the step compiles: nothing new to save.
-    stopped = preemption.any_process(signals.requested, "byol_jax_stop_before_training")
+    stopped = preemption.any_process(signals.requested, "stop_before_training")
     if not stopped and jax.process_count() > 1 and step < plan.total_steps:
       device_batches = compile_then_sync(p_update, state, rng, device_batches)
     for batch in () if stopped else device_batches:

@@ -125,6 +125,28 @@ def test_linear_eval_sweeps_learning_rates_and_reports_top1(pretrained, tmp_path
     assert json.load(f)["top1"] == results["top1"]
 
 
+def test_feature_batches_split_each_global_batch_over_processes():
+  features = np.arange(10, dtype=np.float32)[:, None] * [1.0, -1.0]
+  labels = np.arange(10)
+  one = evaluate._feature_batches(features, labels, 4, seed=0)
+  two = [evaluate._feature_batches(features, labels, 4, 0, i, 2) for i in range(2)]
+  for _ in range(6):  # across epoch boundaries (10 examples, batches of 4)
+    f, y = next(one)
+    halves = [next(stream) for stream in two]
+    np.testing.assert_array_equal(np.concatenate([h[0] for h in halves]), f)
+    np.testing.assert_array_equal(np.concatenate([h[1] for h in halves]), y)
+
+
+def test_global_accuracy_matches_top_k_accuracy_in_one_process():
+  rng = np.random.default_rng(0)
+  scores, labels = rng.normal(size=(3, 50, 7)), rng.integers(0, 7, 50)
+  scores[0, :10] = 0.0  # ties: broken by index in both
+  accuracy, count = evaluate.global_accuracy(scores, labels)
+  assert count == 50
+  want = [[probes.top_k_accuracy(s, labels, k) for k in (1, 5)] for s in scores]
+  np.testing.assert_array_equal(accuracy, want)
+
+
 def test_finetune_on_a_label_subset(pretrained, tmp_path):
   config = tiny_config(
     mode="finetune",
@@ -133,7 +155,8 @@ def test_finetune_on_a_label_subset(pretrained, tmp_path):
   )
   results = evaluate.finetune(config, str(tmp_path))
   assert results["labelled_examples"] == 16
-  assert 0.0 <= results["top1"] <= 1.0
+  assert 0.0 <= results["top1"] <= results["top5"] <= 1.0
+  assert results["test_examples"] == 64
   with open(tmp_path / "label_subset.json") as f:
     subset = json.load(f)
   labels = train.make_source(config, "train").labels[subset["indices"]]
@@ -209,3 +232,10 @@ def test_configs_load_and_validate():
     config_base.validate_config(config)
   assert module.get_config("/x").data.holdout == 5000
   assert jax.device_count() == 8
+
+
+@pytest.mark.parametrize("count", [0, 8])
+def test_a_validation_split_must_hold_examples_and_leave_some(count):
+  source = sources.array_source(np.zeros([8, 8, 8, 3], np.uint8), np.arange(8) % 2)
+  with pytest.raises(UserError, match=f"Cannot hold out {count} of the 8"):
+    evaluate.split_off(source, config_base.get_base_config(), count, seed=0)
