@@ -13,7 +13,7 @@ import sys
 from absl import app, flags
 from ml_collections import config_flags
 
-from byol_jax import config_base
+from byol_jax import config_base, console
 from byol_jax.errors import UserError
 
 _DEFAULT_CONFIG = os.path.join(
@@ -61,6 +61,7 @@ def _run(argv) -> None:
     raise UserError(f"Unexpected arguments {argv[1:]}: options go as --flag=value.")
   config = _load_config()
   config_base.validate_config(config)
+  console.drop_repeated_checkpoint_errors()
   FLAGS = flags.FLAGS
   import jax
 
