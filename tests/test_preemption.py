@@ -34,10 +34,17 @@ def _final_state(workdir):
     ckpt.close()
 
 
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory):
+  """The uninterrupted run."""
+  log_dir = str(tmp_path_factory.mktemp("reference"))
+  workdir = os.path.join(log_dir, "reference")
+  processes.wait([processes.Run("reference", log_dir, 2, _args(workdir))])
+  return workdir
+
+
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
-def test_signal_mid_run_checkpoints_exits_0_and_the_resumed_run_matches(tmp_path, sig):
-  reference = str(tmp_path / "reference")
-  processes.wait([processes.Run("reference", str(tmp_path), 2, _args(reference))])
+def test_signal_mid_run_checkpoints_exits_0_and_the_resumed_run_matches(tmp_path, reference, sig):
   workdir = str(tmp_path / "signalled")
   run = processes.Run("signalled", str(tmp_path), 2, _args(workdir))
   processes.wait_for_output(run, f"step 1/{STEPS}")
