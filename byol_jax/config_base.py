@@ -18,7 +18,7 @@ from typing import Any, NoReturn
 
 import ml_collections
 
-from byol_jax.data.params import PRESETS
+from byol_jax.data.params import CROP_SCHEMES, PRESETS
 from byol_jax.errors import UserError
 
 # The augmentation table of the paper (Table 6; the original code's values). View 1 uses T, view 2
@@ -40,6 +40,9 @@ PAPER_VIEW1 = dict(
   blur_sigma_max=2.0,
   blur_kernel_fraction=0.1,
   solarize_prob=0.0,
+  # "original": one draw of area and aspect, clamped to the image, as the original code crops;
+  # "rejection": redraw boxes that do not fit (Inception / torchvision; fewer large crops).
+  crop_scheme="original",
 )
 PAPER_VIEW2 = dict(PAPER_VIEW1, blur_prob=0.1, solarize_prob=0.2)
 
@@ -396,6 +399,7 @@ def _validate_augment(config: ml_collections.ConfigDict) -> None:
     _positive(config, f"{view}.blur_sigma_max")
     _ordered(config, f"{view}.blur_sigma_min", f"{view}.blur_sigma_max")
     _number_in(config, f"{view}.blur_kernel_fraction", 0.0, 1.0, low_open=True)
+    _one_of(config, f"{view}.crop_scheme", CROP_SCHEMES)
 
 
 def _validate_model(config: ml_collections.ConfigDict) -> None:

@@ -7,9 +7,12 @@ pure function of (image, seed, params): the same seed gives the same view eagerl
 The semantics follow the original BYOL code:
 
 * random resized crop: area fraction uniform in [crop_area_min, crop_area_max], aspect ratio
-  log-uniform in [crop_aspect_min, crop_aspect_max]; up to 10 attempts, then a centre crop of the
-  largest box whose aspect is in range (the Inception / torchvision fallback; the original clamps a
-  single draw to the image instead). Bicubic resize without antialiasing, then clip to [0, 1].
+  log-uniform in [crop_aspect_min, crop_aspect_max]. ``crop_scheme="original"`` (the default, the
+  original code's ``_decode_and_random_crop``) draws one area and one aspect, clamps the box's width
+  and height to the image and places it uniformly; ``"rejection"`` redraws boxes that do not fit, up
+  to 10 attempts, then takes a centre crop of the largest box whose aspect is in range (the
+  Inception / torchvision scheme, which discards large crops more often). Bicubic resize without
+  antialiasing, then clip to [0, 1].
 * colour jitter, applied with probability ``jitter_prob``, the four ops in a random order, each
   followed by a clip to [0, 1]: brightness adds a delta uniform in [-b, b]; contrast scales the
   distance to each channel's spatial mean by a factor uniform in [1 - c, 1 + c]; saturation scales
@@ -80,13 +83,67 @@ def _maybe_apply(fn, image: tf.Tensor, seed: tf.Tensor, prob: float) -> tf.Tenso
 def sample_crop_box(
   height: tf.Tensor, width: tf.Tensor, seed: tf.Tensor, params: AugmentParams
 ) -> tuple[tf.Tensor, tf.Tensor, tf.Tensor, tf.Tensor]:
-  """Samples a random-resized-crop box; returns int32 (offset_y, offset_x, crop_h, crop_w)."""
+  """Samples a random-resized-crop box; returns int32 (offset_y, offset_x, crop_h, crop_w).
+
+  ``params.crop_scheme`` chooses how (module docstring); both use the seed's four sub-seeds the
+  same way: area, aspect, vertical and horizontal offset.
+  """
+  if params.crop_scheme == "original":
+    return _clamped_crop_box(height, width, seed, params)
+  return _rejection_crop_box(height, width, seed, params)
+
+
+def _box_sides(
+  fraction: tf.Tensor, log_aspect: tf.Tensor, h_f: tf.Tensor, w_f: tf.Tensor
+) -> tuple[tf.Tensor, tf.Tensor]:
+  """(height, width) of a box of ``fraction`` of the image's area and aspect exp(log_aspect)."""
+  target = fraction * (h_f * w_f)
+  aspect = tf.exp(log_aspect)
+  crop_w = tf.cast(tf.round(tf.sqrt(target * aspect)), tf.int32)
+  crop_h = tf.cast(tf.round(tf.sqrt(target / aspect)), tf.int32)
+  return crop_h, crop_w
+
+
+def _random_offsets(
+  height: tf.Tensor, width: tf.Tensor, box_h: tf.Tensor, box_w: tf.Tensor, seeds: list
+) -> tuple[tf.Tensor, tf.Tensor]:
+  """Offsets uniform over the positions where the box fits."""
+  y_seed, x_seed = seeds
+  off_y = tf.random.stateless_uniform([], y_seed, 0, height - box_h + 1, dtype=tf.int32)
+  off_x = tf.random.stateless_uniform([], x_seed, 0, width - box_w + 1, dtype=tf.int32)
+  return off_y, off_x
+
+
+def _clamped_crop_box(
+  height: tf.Tensor, width: tf.Tensor, seed: tf.Tensor, params: AugmentParams
+) -> tuple[tf.Tensor, tf.Tensor, tf.Tensor, tf.Tensor]:
+  """The original code's box: one draw, each side clamped to the image, a uniform position."""
+  height = tf.cast(height, tf.int32)
+  width = tf.cast(width, tf.int32)
+  area_seed, aspect_seed, y_seed, x_seed = _split(seed, 4)
+  fraction = _uniform(area_seed, params.crop_area_min, params.crop_area_max)
+  log_aspect = _uniform(
+    aspect_seed, math.log(params.crop_aspect_min), math.log(params.crop_aspect_max)
+  )
+  crop_h, crop_w = _box_sides(
+    fraction, log_aspect, tf.cast(height, tf.float32), tf.cast(width, tf.float32)
+  )
+  # At least one pixel: only images a few pixels wide can round a side to 0.
+  box_h = tf.clip_by_value(crop_h, 1, height)
+  box_w = tf.clip_by_value(crop_w, 1, width)
+  off_y, off_x = _random_offsets(height, width, box_h, box_w, [y_seed, x_seed])
+  return off_y, off_x, box_h, box_w
+
+
+def _rejection_crop_box(
+  height: tf.Tensor, width: tf.Tensor, seed: tf.Tensor, params: AugmentParams
+) -> tuple[tf.Tensor, tf.Tensor, tf.Tensor, tf.Tensor]:
+  """The Inception box: the first of 10 draws that fits, else the largest centred box in range."""
   height = tf.cast(height, tf.int32)
   width = tf.cast(width, tf.int32)
   shape_seed, aspect_seed, y_seed, x_seed = _split(seed, 4)
   h_f = tf.cast(height, tf.float32)
   w_f = tf.cast(width, tf.float32)
-  area = h_f * w_f
   # All attempts are drawn at once; the first valid one wins.
   fraction = tf.random.stateless_uniform(
     [CROP_ATTEMPTS], shape_seed, params.crop_area_min, params.crop_area_max
@@ -97,10 +154,7 @@ def sample_crop_box(
     math.log(params.crop_aspect_min),
     math.log(params.crop_aspect_max),
   )
-  aspect = tf.exp(log_aspect)
-  target = fraction * area
-  crop_w = tf.cast(tf.round(tf.sqrt(target * aspect)), tf.int32)
-  crop_h = tf.cast(tf.round(tf.sqrt(target / aspect)), tf.int32)
+  crop_h, crop_w = _box_sides(fraction, log_aspect, h_f, w_f)
   valid = (crop_w > 0) & (crop_h > 0) & (crop_w <= width) & (crop_h <= height)
   first = tf.argmax(tf.cast(valid, tf.int32), output_type=tf.int32)
   any_valid = tf.reduce_any(valid)
@@ -122,12 +176,7 @@ def sample_crop_box(
 
   box_h = tf.where(any_valid, crop_h[first], fb_h)
   box_w = tf.where(any_valid, crop_w[first], fb_w)
-  rand_y = tf.random.stateless_uniform(
-    [], y_seed, minval=0, maxval=height - box_h + 1, dtype=tf.int32
-  )
-  rand_x = tf.random.stateless_uniform(
-    [], x_seed, minval=0, maxval=width - box_w + 1, dtype=tf.int32
-  )
+  rand_y, rand_x = _random_offsets(height, width, box_h, box_w, [y_seed, x_seed])
   off_y = tf.where(any_valid, rand_y, (height - box_h) // 2)
   off_x = tf.where(any_valid, rand_x, (width - box_w) // 2)
   return off_y, off_x, box_h, box_w

@@ -13,6 +13,11 @@ from typing import Any
 
 from byol_jax.errors import UserError
 
+# The random resized crop's box: "original" draws one area and one aspect, clamps the box to the
+# image and places it uniformly (the original BYOL code); "rejection" redraws boxes that do not fit
+# (up to 10 tries, then a centre crop: the Inception / torchvision scheme).
+CROP_SCHEMES = ("original", "rejection")
+
 # Luma weights of the original code (ITU-R 601-2, as in tf.image.rgb_to_grayscale).
 GRAY_WEIGHTS = (0.2989, 0.5870, 0.1140)
 SOLARIZE_THRESHOLD = 0.5
@@ -38,6 +43,14 @@ class AugmentParams:
   blur_sigma_max: float = 2.0
   blur_kernel_fraction: float = 0.1
   solarize_prob: float = 0.0
+  # How the random resized crop draws its box; see ``augment.sample_crop_box``.
+  crop_scheme: str = "original"
+
+  def __post_init__(self):
+    if self.crop_scheme not in CROP_SCHEMES:
+      raise UserError(
+        f"Unknown crop scheme {self.crop_scheme!r}: use one of {CROP_SCHEMES} (crop_scheme)."
+      )
 
   @classmethod
   def from_mapping(cls, values: Mapping[str, Any]) -> AugmentParams:
@@ -47,9 +60,10 @@ class AugmentParams:
     unknown = sorted(set(given) - names)
     if unknown:
       raise UserError(f"Unknown augmentation parameter(s) {unknown}: use only {sorted(names)}.")
-    return cls(**{k: float(v) for k, v in given.items()})
+    types = {f.name: type(f.default) for f in dataclasses.fields(cls)}
+    return cls(**{k: types[k](v) for k, v in given.items()})
 
-  def replace(self, **changes: float) -> AugmentParams:
+  def replace(self, **changes: float | str) -> AugmentParams:
     """Returns a copy with some fields changed."""
     return dataclasses.replace(self, **changes)
 
@@ -60,7 +74,8 @@ PAPER_T_PRIME = AugmentParams(blur_prob=0.1, solarize_prob=0.2)
 _NO_COLOUR = dict(jitter_prob=0.0, gray_prob=0.0)
 _CROP_ONLY = dict(flip_prob=0.0, jitter_prob=0.0, gray_prob=0.0, blur_prob=0.0, solarize_prob=0.0)
 
-# Augmentation ablations (dropping transformations, as in the paper): name -> (view 1, view 2).
+# Augmentation ablations (dropping transformations, as in the paper, and the crop drawn by
+# rejection instead of the original's clamping): name -> (view 1, view 2).
 PRESETS: dict[str, tuple[AugmentParams, AugmentParams]] = {
   "paper": (PAPER_T, PAPER_T_PRIME),
   "symmetric": (PAPER_T, PAPER_T),
@@ -78,6 +93,10 @@ PRESETS: dict[str, tuple[AugmentParams, AugmentParams]] = {
   "no_grayscale": (PAPER_T.replace(gray_prob=0.0), PAPER_T_PRIME.replace(gray_prob=0.0)),
   "no_blur": (PAPER_T.replace(blur_prob=0.0), PAPER_T_PRIME.replace(blur_prob=0.0)),
   "no_solarize": (PAPER_T, PAPER_T_PRIME.replace(solarize_prob=0.0)),
+  "rejection_crop": (
+    PAPER_T.replace(crop_scheme="rejection"),
+    PAPER_T_PRIME.replace(crop_scheme="rejection"),
+  ),
 }
 
 
