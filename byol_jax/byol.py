@@ -4,11 +4,18 @@
 meant to run under ``jax.pmap`` with a named device axis: gradients, metrics and BatchNorm
 statistics are averaged over that axis, which spans every device of every host. Randomness comes
 from ``rng`` folded with the step, so the same seed gives the same run.
+
+Where the paper's equations are: the normalised-prediction loss and its symmetrisation
+(``losses.byol_loss``), computed in :func:`batch_gradients` with the target under stop-gradient;
+the target update ξ <- τ ξ + (1 - τ) θ (:func:`target_ema`) with τ annealed by
+``schedules.target_ema_decay``; the optimiser step (LARS, ``optimizers``) on the warm-up + cosine
+learning rate (``schedules.warmup_cosine``), all composed in :func:`make_update_fn`.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import functools
 from collections.abc import Callable
 from typing import NamedTuple
 
@@ -17,7 +24,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from byol_jax import losses, models, optimizers, schedules
+from byol_jax import losses, models, optimizers, parallel, schedules
 from byol_jax.data import device_augment
 
 Batch = dict[str, jax.Array]
@@ -136,12 +143,134 @@ def _per_image_colour_ops(
   )
 
 
+def prepare_views(
+  batch: Batch,
+  key: jax.Array,
+  device_colour_ops: tuple[device_augment.AugmentParams, device_augment.AugmentParams] | None,
+  axis_name: str | None,
+) -> tuple[jax.Array, jax.Array]:
+  """The two normalised views of a batch, with the colour ops applied here if they are given."""
+  v1 = device_augment.to_float(batch["view1"])
+  v2 = device_augment.to_float(batch["view2"])
+  if device_colour_ops is not None:
+    # One key per example from its position in the global batch, so the views do not depend
+    # on how the batch is spread over devices. The keys are threefry keys whatever the default
+    # PRNG: threefry's bits are the same under any vmap batching, "rbg"'s are not.
+    n = v1.shape[0]
+    offset = 0 if axis_name is None else jax.lax.axis_index(axis_name) * n
+    base = jax.random.wrap_key_data(
+      jnp.ravel(jax.random.key_data(key))[:2].astype(jnp.uint32), impl="threefry2x32"
+    )
+    keys = jax.vmap(lambda i: jax.random.split(jax.random.fold_in(base, i)))(offset + jnp.arange(n))
+    v1 = _per_image_colour_ops(v1, keys[:, 0], device_colour_ops[0])
+    v2 = _per_image_colour_ops(v2, keys[:, 1], device_colour_ops[1])
+  return device_augment.normalize(v1), device_augment.normalize(v2)
+
+
+def _labels(batch: Batch, views: tuple[jax.Array, jax.Array]) -> jax.Array:
+  """The batch's labels for the online probe; -1 (none) for unlabelled data."""
+  labels = batch.get("label")
+  return -jnp.ones(views[0].shape[:1], jnp.int32) if labels is None else labels
+
+
+def _forward(network, params, net_state, views, with_predictor):
+  """Outputs of each view; each view is its own pass, so BatchNorm statistics are per view, as
+  in the original."""
+  outs = []
+  for v in views:
+    out, net_state = network.apply(
+      params, net_state, v, is_training=True, with_predictor=with_predictor
+    )
+    outs.append(out)
+  return outs, net_state
+
+
+def _online_loss(
+  network, axis_name, online_params, online_state, views, target_projections, labels
+):
+  """The symmetrised BYOL loss of the online predictions against the target projections."""
+  (out_1, out_2), online_state = _forward(network, online_params, online_state, views, True)
+  loss = losses.byol_loss(
+    out_1["prediction"], out_2["prediction"], target_projections[0], target_projections[1]
+  )
+  probe = {}
+  total = loss
+  if "logits" in out_1:
+    # The online probe (as in the original code): cross-entropy on view 1's stop-gradient
+    # embedding, only for labelled examples; it trains the probe and nothing else.
+    probe = _probe_metrics(out_1["logits"], labels, axis_name)
+    total = loss + probe["probe_loss"]
+  return total, (online_state, out_1["projection"], loss, probe)
+
+
+def batch_gradients(network, axis_name, state: TrainState, bn_states, views, labels):
+  """Gradients and metrics of one (micro-)batch, and the (online, target) BatchNorm states after.
+
+  Returns ``(grads, (loss, probe metrics, online projections of view 1), bn_states)``.
+  """
+  online_state, target_state = bn_states
+  # The target is evaluated outside the differentiated function: no gradient can reach it and
+  # its activations are not kept for the backward pass.
+  target_outs, target_state = _forward(network, state.target_params, target_state, views, False)
+  target_projections = [jax.lax.stop_gradient(o["projection"]) for o in target_outs]
+  loss_fn = functools.partial(_online_loss, network, axis_name)
+  (_, (online_state, projection, loss, probe)), grads = jax.value_and_grad(loss_fn, has_aux=True)(
+    state.online_params, online_state, views, target_projections, labels
+  )
+  return grads, (loss, probe, projection), (online_state, target_state)
+
+
+def accumulated_gradients(gradients_fn, k: int, state: TrainState, bn_states, views, labels):
+  """``gradients_fn`` (:func:`batch_gradients`) averaged over k micro-batches, scanned in
+  sequence; the BatchNorm states pass from each micro-batch to the next."""
+
+  def split(x: jax.Array) -> jax.Array:
+    return x.reshape(k, x.shape[0] // k, *x.shape[1:])
+
+  def body(carry, micro):
+    grad_sum, bn_states = carry
+    v1, v2, micro_labels = micro
+    grads, outputs, bn_states = gradients_fn(state, bn_states, (v1, v2), micro_labels)
+    return (jax.tree.map(jnp.add, grad_sum, grads), bn_states), outputs
+
+  zeros = jax.tree.map(jnp.zeros_like, state.online_params)
+  (grad_sum, bn_states), (loss, probe, projection) = jax.lax.scan(
+    body, (zeros, bn_states), (split(views[0]), split(views[1]), split(labels))
+  )
+  grads = jax.tree.map(lambda g: g / k, grad_sum)
+  probe = jax.tree.map(jnp.mean, probe)
+  # The projections of all micro-batches, so the spread metric is that of the whole batch.
+  projection = projection.reshape(-1, *projection.shape[2:])
+  return grads, (jnp.mean(loss), probe, projection), bn_states
+
+
+def target_ema(target_params: hk.Params, online_params: hk.Params, tau: jax.Array) -> hk.Params:
+  """The target update ξ <- τ ξ + (1 - τ) θ, over the online parameters without the predictor."""
+  _, online_no_pred = models.split_predictor(online_params)
+  return jax.tree.map(lambda t, o: tau * t + (1.0 - tau) * o, target_params, online_no_pred)
+
+
+def _unless_nonfinite(state: TrainState, new_state: TrainState, loss, grad_norm) -> TrainState:
+  """``new_state``, or ``state`` one step on with the update dropped if anything is not finite."""
+  # The whole new state, not only the update: BatchNorm's moving variance can overflow while
+  # the loss is still finite, and a state kept so would make every later update non-finite.
+  finite = _all_finite((loss, grad_norm, new_state))
+  # A dropped update leaves everything as it was but the step, so data, keys and the
+  # learning-rate schedule move on.
+  dropped = state._replace(
+    step=state.step + 1,
+    opt_state=optimizers.with_schedule_step(state.opt_state, state.step + 1),
+    skipped_steps=state.skipped_steps + 1,
+  )
+  return jax.tree.map(lambda new, old: jnp.where(finite, new, old), new_state, dropped)
+
+
 def make_update_fn(
   network: hk.TransformedWithState,
   optimizer: optax.GradientTransformation,
   hp: ByolHParams,
   *,
-  axis_name: str | None = "batch",
+  axis_name: str | None = parallel.AXIS,
   device_colour_ops: tuple[device_augment.AugmentParams, device_augment.AugmentParams]
   | None = None,
   grad_accum_steps: int = 1,
@@ -160,7 +289,8 @@ def make_update_fn(
 
   Args:
     network: from :func:`byol_jax.models.make_byol_network` (optionally wrapped by
-      :func:`byol_jax.precision.mixed_precision`), built with the same ``axis_name``.
+      :func:`byol_jax.cpu_ops.lowered` and :func:`byol_jax.precision.mixed_precision`, as
+      ``train.build_network`` does), built with the same ``axis_name``.
     optimizer: from :func:`make_optimizer`.
     hp: hyperparameters (for the τ and learning-rate schedules reported in the metrics).
     axis_name: the ``pmap`` axis spanning all devices; None to run without ``pmap``.
@@ -174,102 +304,15 @@ def make_update_fn(
   """
   if grad_accum_steps < 1:
     raise ValueError(f"grad_accum_steps={grad_accum_steps} must be a positive integer.")
-
-  def prepare_views(batch: Batch, key: jax.Array) -> tuple[jax.Array, jax.Array]:
-    v1 = device_augment.to_float(batch["view1"])
-    v2 = device_augment.to_float(batch["view2"])
-    if device_colour_ops is not None:
-      # One key per example from its position in the global batch, so the views do not depend
-      # on how the batch is spread over devices. The keys are threefry keys whatever the default
-      # PRNG: threefry's bits are the same under any vmap batching, "rbg"'s are not.
-      n = v1.shape[0]
-      offset = 0 if axis_name is None else jax.lax.axis_index(axis_name) * n
-      base = jax.random.wrap_key_data(
-        jnp.ravel(jax.random.key_data(key))[:2].astype(jnp.uint32), impl="threefry2x32"
-      )
-      keys = jax.vmap(lambda i: jax.random.split(jax.random.fold_in(base, i)))(
-        offset + jnp.arange(n)
-      )
-      v1 = _per_image_colour_ops(v1, keys[:, 0], device_colour_ops[0])
-      v2 = _per_image_colour_ops(v2, keys[:, 1], device_colour_ops[1])
-    return device_augment.normalize(v1), device_augment.normalize(v2)
-
-  def forward(params, net_state, views, with_predictor):
-    # Each view is its own forward pass, so BatchNorm statistics are per view, as in the original.
-    outs = []
-    for v in views:
-      out, net_state = network.apply(
-        params, net_state, v, is_training=True, with_predictor=with_predictor
-      )
-      outs.append(out)
-    return outs, net_state
-
-  def loss_fn(online_params, online_state, views, target_projections, labels):
-    (out_1, out_2), online_state = forward(online_params, online_state, views, True)
-    loss = losses.byol_loss(
-      out_1["prediction"], out_2["prediction"], target_projections[0], target_projections[1]
-    )
-    probe = {}
-    total = loss
-    if "logits" in out_1:
-      # The online probe (as in the original code): cross-entropy on view 1's stop-gradient
-      # embedding, only for labelled examples; it trains the probe and nothing else.
-      probe = _probe_metrics(out_1["logits"], labels, axis_name)
-      total = loss + probe["probe_loss"]
-    return total, (online_state, out_1["projection"], loss, probe)
-
-  def gradients(state: TrainState, online_state, target_state, views, labels):
-    """Gradients and metrics of one (micro-)batch, and the BatchNorm states after it."""
-    # The target is evaluated outside the differentiated function: no gradient can reach it and
-    # its activations are not kept for the backward pass.
-    target_outs, target_state = forward(state.target_params, target_state, views, False)
-    target_projections = [jax.lax.stop_gradient(o["projection"]) for o in target_outs]
-    (_, (online_state, projection, loss, probe)), grads = jax.value_and_grad(loss_fn, has_aux=True)(
-      state.online_params, online_state, views, target_projections, labels
-    )
-    return grads, (loss, probe, projection), (online_state, target_state)
-
-  def accumulated_gradients(state: TrainState, views, labels):
-    """:func:`gradients` averaged over ``grad_accum_steps`` micro-batches, scanned in sequence."""
-    k = grad_accum_steps
-
-    def split(x: jax.Array) -> jax.Array:
-      return x.reshape(k, x.shape[0] // k, *x.shape[1:])
-
-    def body(carry, micro):
-      grad_sum, online_state, target_state = carry
-      v1, v2, micro_labels = micro
-      grads, outputs, (online_state, target_state) = gradients(
-        state, online_state, target_state, (v1, v2), micro_labels
-      )
-      grad_sum = jax.tree.map(jnp.add, grad_sum, grads)
-      return (grad_sum, online_state, target_state), outputs
-
-    zeros = jax.tree.map(jnp.zeros_like, state.online_params)
-    (grad_sum, online_state, target_state), (loss, probe, projection) = jax.lax.scan(
-      body,
-      (zeros, state.online_state, state.target_state),
-      (split(views[0]), split(views[1]), split(labels)),
-    )
-    grads = jax.tree.map(lambda g: g / k, grad_sum)
-    probe = jax.tree.map(jnp.mean, probe)
-    # The projections of all micro-batches, so the spread metric is that of the whole batch.
-    projection = projection.reshape(-1, *projection.shape[2:])
-    return grads, (jnp.mean(loss), probe, projection), (online_state, target_state)
+  gradients = functools.partial(batch_gradients, network, axis_name)
+  if grad_accum_steps > 1:
+    gradients = functools.partial(accumulated_gradients, gradients, grad_accum_steps)
 
   def update(state: TrainState, batch: Batch, rng: jax.Array) -> tuple[TrainState, Metrics]:
-    views = prepare_views(batch, jax.random.fold_in(rng, state.step))
-    labels = batch.get("label")
-    if labels is None:
-      labels = -jnp.ones(views[0].shape[:1], jnp.int32)
-    if grad_accum_steps == 1:
-      grads, (loss, probe, projection), (online_state, target_state) = gradients(
-        state, state.online_state, state.target_state, views, labels
-      )
-    else:
-      grads, (loss, probe, projection), (online_state, target_state) = accumulated_gradients(
-        state, views, labels
-      )
+    views = prepare_views(batch, jax.random.fold_in(rng, state.step), device_colour_ops, axis_name)
+    grads, (loss, probe, projection), (online_state, target_state) = gradients(
+      state, (state.online_state, state.target_state), views, _labels(batch, views)
+    )
     if axis_name is not None and jax.lax.axis_size(axis_name) > 1:
       # (Over one device the mean is the identity, but XLA:CPU would still copy every gradient.)
       loss, grads = jax.lax.pmean((loss, grads), axis_name)
@@ -280,9 +323,14 @@ def make_update_fn(
     updates, opt_state = optimizer.update(grads, opt_state, state.online_params)
     online_params = optax.apply_updates(state.online_params, updates)
     tau = schedules.target_ema_decay(state.step, hp.tau_base, hp.total_steps)
-    _, online_no_pred = models.split_predictor(online_params)
-    target_params = jax.tree.map(
-      lambda t, o: tau * t + (1.0 - tau) * o, state.target_params, online_no_pred
+    new_state = TrainState(
+      step=state.step + 1,
+      online_params=online_params,
+      online_state=online_state,
+      target_params=target_ema(state.target_params, online_params, tau),
+      target_state=target_state,
+      opt_state=opt_state,
+      skipped_steps=state.skipped_steps,
     )
     metrics = dict(
       loss=loss,
@@ -293,27 +341,8 @@ def make_update_fn(
       projection_std=_global_std(losses.l2_normalize(projection), axis_name),
       **probe,
     )
-    new_state = TrainState(
-      step=state.step + 1,
-      online_params=online_params,
-      online_state=online_state,
-      target_params=target_params,
-      target_state=target_state,
-      opt_state=opt_state,
-      skipped_steps=state.skipped_steps,
-    )
     if hp.skip_nonfinite:
-      # The whole new state, not only the update: BatchNorm's moving variance can overflow while
-      # the loss is still finite, and a state kept so would make every later update non-finite.
-      finite = _all_finite((loss, metrics["grad_norm"], new_state))
-      # A dropped update leaves everything as it was but the step, so data, keys and the
-      # learning-rate schedule move on.
-      dropped = state._replace(
-        step=state.step + 1,
-        opt_state=optimizers.with_schedule_step(state.opt_state, state.step + 1),
-        skipped_steps=state.skipped_steps + 1,
-      )
-      new_state = jax.tree.map(lambda new, old: jnp.where(finite, new, old), new_state, dropped)
+      new_state = _unless_nonfinite(state, new_state, loss, metrics["grad_norm"])
     return new_state, metrics
 
   return update

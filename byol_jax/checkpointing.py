@@ -25,41 +25,6 @@ from byol_jax.errors import UserError
 CHECKPOINT_SUBDIR = "checkpoints"
 
 
-def flat_dict(tree: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
-  """A nested dict (a config) with dotted keys: ``{"model.encoder": ..., ...}``."""
-  out = {}
-  for key, value in tree.items():
-    if isinstance(value, Mapping):
-      out.update(flat_dict(value, f"{prefix}{key}."))
-    else:
-      out[f"{prefix}{key}"] = value
-  return out
-
-
-# ``model.*`` fields that change how the network computes but not its parameters: a run may resume
-# with other values (e.g. bfloat16 compute on a GPU after float32 on a CPU).
-NON_ARCHITECTURE_FIELDS = ("model.compute_dtype", "model.conv_impl")
-
-
-def architecture_mismatch(
-  saved: Mapping[str, Any], wanted: Mapping[str, Any], defaults: Mapping[str, Any] | None = None
-) -> list[str]:
-  """Lists the ``model.*`` fields that differ between two configs (as plain dicts).
-
-  Fields missing from ``saved`` (written before they existed) take their value in ``defaults``;
-  lists (as JSON gives tuples back) compare equal to tuples.
-  """
-  a = flat_dict((defaults or {}).get("model", {}), "model.")
-  a.update(flat_dict(saved.get("model", {}), "model."))
-  b = flat_dict(wanted.get("model", {}), "model.")
-  a, b = ({k: tuple(v) if isinstance(v, list) else v for k, v in d.items()} for d in (a, b))
-  return [
-    f"{k}: checkpoint {a.get(k)!r} vs config {b.get(k)!r}"
-    for k in sorted(set(a) | set(b))
-    if a.get(k) != b.get(k) and k not in NON_ARCHITECTURE_FIELDS
-  ]
-
-
 def resolve_checkpoint_dir(path: str) -> tuple[str, int | None]:
   """Maps a workdir, its checkpoints folder, or one step folder to (checkpoints dir, step).
 

@@ -24,7 +24,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from byol_jax import checkpointing, config_base, models
+from byol_jax import checkpointing, config_base, config_diff, cpu_ops, models
 from byol_jax.data import device_augment
 from byol_jax.errors import UserError
 
@@ -66,14 +66,9 @@ def spec_from_config(model: Mapping[str, Any]) -> models.EncoderSpec:
   )
 
 
-def encoder_module_name(spec: models.EncoderSpec) -> str:
-  """Top-level Haiku module name of the encoder (as in :func:`byol_jax.models.make_encoder`)."""
-  return "res_net_tiny" if spec.name == "tiny" else "res_net" + spec.name.removeprefix("resnet")
-
-
 def encoder_part(tree: Mapping[str, Any], spec: models.EncoderSpec) -> dict[str, Any]:
   """The encoder's modules of a full parameter (or state) dict of the BYOL network."""
-  name = encoder_module_name(spec)
+  name = models.encoder_module_name(spec)
   return {k: v for k, v in tree.items() if k == name or k.startswith(name + "/")}
 
 
@@ -110,6 +105,17 @@ def expected_shapes(spec: models.EncoderSpec, image_size: int = 32) -> tuple[Any
     jax.random.PRNGKey(0),
     jnp.zeros((1, image_size, image_size, 3)),
   )
+
+
+def feature_dim(spec: models.EncoderSpec) -> int:
+  """Size of the encoder's representation, traced from its shapes without computing anything."""
+  net = models.make_encoder_network(spec)
+
+  def features(key: jax.Array, images: jax.Array) -> jax.Array:
+    params, state = net.init(key, images, is_training=True)
+    return net.apply(params, state, images, is_training=False)[0]
+
+  return int(jax.eval_shape(features, jax.random.PRNGKey(0), jnp.zeros((1, 32, 32, 3))).shape[-1])
 
 
 def check_fits(spec: models.EncoderSpec, params: hk.Params, state: hk.State, where: str) -> None:
@@ -190,12 +196,28 @@ def restore_encoder(path: str) -> EncoderWeights:
 
 def _flatten(saved: Mapping[str, Any], base: ml_collections.ConfigDict) -> dict[str, Any]:
   """Flattens a saved config to dotted keys the base config knows (newer or older fields drop)."""
-  known = set(checkpointing.flat_dict(base.to_dict()))
+  known = set(config_diff.flat_dict(base.to_dict()))
   return {
     k: (tuple(v) if isinstance(v, list) else v)
-    for k, v in checkpointing.flat_dict(saved).items()
+    for k, v in config_diff.flat_dict(saved).items()
     if k in known
   }
+
+
+def encoder_network(
+  spec: models.EncoderSpec,
+  *,
+  bn_decay: float = 0.9,
+  bn_eps: float = 1e-5,
+  axis_name: str | None = None,
+  conv_impl: str = "auto",
+) -> hk.TransformedWithState:
+  """:func:`byol_jax.models.make_encoder_network`, computing as ``conv_impl`` says.
+
+  ``conv_impl`` as ``config.model.conv_impl`` ("auto": the fastest on the default backend).
+  """
+  network = models.make_encoder_network(spec, bn_decay=bn_decay, bn_eps=bn_eps, axis_name=axis_name)
+  return cpu_ops.lowered(network, cpu_ops.resolve_conv_impl(conv_impl, jax.default_backend()))
 
 
 def encode_fn(
@@ -208,14 +230,9 @@ def encode_fn(
   """``f(params, state, images) -> features``: images in [0, 1] (or uint8), inference-mode BN.
 
   Pure and unmapped: ``jax.jit`` or ``jax.pmap`` it. Applies the model's normalisation.
-  ``conv_impl`` as ``config.model.conv_impl`` ("auto": the fastest on the default backend).
+  ``conv_impl`` as in :func:`encoder_network`.
   """
-  net = models.make_encoder_network(
-    spec,
-    bn_decay=bn_decay,
-    bn_eps=bn_eps,
-    conv_impl=models.resolve_conv_impl(conv_impl, jax.default_backend()),
-  )
+  net = encoder_network(spec, bn_decay=bn_decay, bn_eps=bn_eps, conv_impl=conv_impl)
 
   def encode(params: hk.Params, state: hk.State, images: jax.Array) -> jax.Array:
     images = device_augment.normalize(device_augment.to_float(images))
@@ -283,14 +300,7 @@ class Encoder:
     self._params = jax.device_put(weights.params)
     self._state = jax.device_put(weights.state)
     self._encode = jax.jit(encode_fn(self.spec, bn_decay=weights.bn_decay, bn_eps=weights.bn_eps))
-    self.dim = int(
-      jax.eval_shape(
-        self._encode,
-        self._params,
-        self._state,
-        jax.ShapeDtypeStruct((1, self.image_size, self.image_size, 3), jnp.float32),
-      ).shape[-1]
-    )
+    self.dim = feature_dim(self.spec)
 
   def embed_views(self, views: np.ndarray) -> np.ndarray:
     """Features of already preprocessed views (float [N, S, S, 3] in [0, 1]), in batches."""

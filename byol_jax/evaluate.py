@@ -35,117 +35,13 @@ import numpy as np
 import optax
 from jax.experimental import multihost_utils
 
-from byol_jax import config_base, models, parallel, schedules, train, writers
+from byol_jax import config_base, parallel, run_data, schedules, writers
 from byol_jax import encoder as encoder_lib
-from byol_jax.data import augment, device_augment, pipeline, sources
-from byol_jax.errors import UserError
-
-AXIS = parallel.AXIS
-
+from byol_jax import features as features_lib
+from byol_jax.data import augment, device_augment, pipeline, sources, subsets
 
 # --------------------------------------------------------------------------------------------
 # Data of the evaluations.
-
-
-def heldout_source(config: ml_collections.ConfigDict) -> sources.DataSource:
-  """The labelled evaluation data: the folder hold-out, or ``data.eval_split`` otherwise."""
-  if config.data.source == "folder":
-    if config.data.holdout <= 0:
-      raise UserError(
-        "An image folder has no test split: hold out images with --config.data.holdout=N "
-        "(e.g. 5000), or evaluate on another source."
-      )
-    return train.make_source(config, config.data.train_split, subset="holdout")
-  return train.make_source(config, config.data.eval_split)
-
-
-def require_labels(source: sources.DataSource, what: str) -> None:
-  """UserError unless ``source`` is labelled."""
-  if not source.has_labels:
-    raise UserError(
-      f"{what} needs labels but {source.name} is unlabelled (a flat folder): arrange the images "
-      "as <path>/<class>/*.jpg."
-    )
-
-
-def split_off(
-  source: sources.DataSource,
-  config: ml_collections.ConfigDict,
-  count: int,
-  seed: int,
-) -> tuple[sources.DataSource, sources.DataSource]:
-  """(rest, part): ``count`` examples carved out of a training source, stratified if labelled.
-
-  TFDS splits are cut with split slicing (the last ``count`` records).
-  """
-  if not 0 < count < source.num_examples:
-    raise UserError(
-      f"Cannot hold out {count} of the {source.num_examples} training examples for validation: "
-      "choose --config.eval.val_examples between 1 and the training examples (or use more labels"
-      " with --config.eval.label_fraction, or a single --config.eval.base_lrs)."
-    )
-  if not source.random_access:
-    split = config.data.train_split
-    rest = train.make_source(config, f"{split}[:-{count}]")
-    part = train.make_source(config, f"{split}[-{count}:]")
-    return rest, part
-  labels = getattr(source, "labels", None)
-  if labels is None:
-    labels = np.zeros([source.num_examples], np.int32)
-  rest_idx, part_idx = sources.stratified_holdout(labels, count, seed)
-  return sources.subset_source(source, rest_idx), sources.subset_source(source, part_idx)
-
-
-def eval_views(
-  source: sources.DataSource, image_size: int, resize_size: int, batch_size: int
-) -> Iterator[dict[str, np.ndarray]]:
-  """Centre-crop evaluation batches of one process's shard (the last one padded, see mask)."""
-  return pipeline.eval_batches(
-    source,
-    batch_size=batch_size,
-    image_size=image_size,
-    resize_size=resize_size,
-    process_index=jax.process_index(),
-    process_count=jax.process_count(),
-  )
-
-
-def extract_features(
-  p_encode,
-  params: hk.Params,
-  state: hk.State,
-  batches: Iterator[dict[str, np.ndarray]],
-  gather: bool = False,
-) -> tuple[np.ndarray, np.ndarray]:
-  """Features and labels of every real example of ``batches`` with a ``pmap``-ed encoder.
-
-  ``params`` and ``state`` are replicated over the local devices; padding examples are dropped.
-  ``batches`` are this process's (:func:`eval_views`); with ``gather`` every process gets those
-  of all processes, in the source's order (the shards are contiguous blocks in process order).
-  """
-  parts = []
-  for batch in batches:
-    out = p_encode(params, state, parallel.shard(batch["image"]))
-    parts.append((np.asarray(out).reshape(len(batch["image"]), -1), batch["label"], batch["mask"]))
-  if not parts:
-    raise UserError("The evaluation data is empty: check the dataset and its split.")
-  if gather:
-    # Batch by batch: every process has the same number of (padded) batches, and one gathered
-    # batch fits in any device's memory, unlike a whole gathered training set.
-    parallel.sync_processes("features")
-    parts = [multihost_utils.process_allgather(part) for part in parts]
-  else:
-    parts = [[x[None] for x in part] for part in parts]
-  # [processes, examples of all batches, ...], flattened in process order.
-  feats, labels, mask = (np.concatenate(xs, axis=1) for xs in zip(*parts))
-  mask = mask.reshape(-1)
-  return feats.reshape(mask.size, -1)[mask], labels.reshape(-1)[mask]
-
-
-def _eval_batch_size(batch_size: int) -> int:
-  # Global, like batch_size: each process's share must split over its devices.
-  n = jax.device_count()
-  return max(n, batch_size // n * n)
 
 
 def _top_k_hits(scores: np.ndarray, labels: np.ndarray, ks: tuple[int, ...]) -> list[int]:
@@ -213,7 +109,7 @@ def make_linear_step(peak_lrs: np.ndarray, optimizer: optax.GradientTransformati
   """``step(clf, opt_state, features, labels) -> (clf, opt_state, losses)`` for L classifiers.
 
   ``clf = {"w": [L, D, C], "b": [L, C]}``; classifier l has peak lr ``peak_lrs[l]``. Runs under
-  ``pmap`` over ``AXIS``: gradients are averaged over the global batch.
+  ``pmap`` over ``parallel.AXIS``: gradients are averaged over the global batch.
   """
   lrs = jnp.asarray(peak_lrs, jnp.float32)
 
@@ -225,7 +121,7 @@ def make_linear_step(peak_lrs: np.ndarray, optimizer: optax.GradientTransformati
 
   def step(clf, opt_state, features, labels):
     grads, losses = jax.grad(loss_fn, has_aux=True)(clf, features, labels)
-    grads, losses = jax.lax.pmean((grads, losses), AXIS)
+    grads, losses = jax.lax.pmean((grads, losses), parallel.AXIS)
     updates, opt_state = optimizer.update(grads, opt_state, clf)
     # SGD with momentum is linear in the lr applied after it: one lr per classifier.
     updates = dict(w=updates["w"] * lrs[:, None, None], b=updates["b"] * lrs[:, None])
@@ -265,35 +161,133 @@ def _checkpoint_and_sources(config: ml_collections.ConfigDict, task: str):
   config_base.validate_config(config)
   weights = encoder_lib.restore_encoder(config.checkpoint)
   encoder_lib.check_architecture(weights.spec, config.model, weights.source)
-  train.check_devices(config.eval.batch_size)
-  train_src = train.make_source(config, config.data.train_split)
-  require_labels(train_src, task)
-  test_src = heldout_source(config)
-  require_labels(test_src, task)
+  parallel.check_devices(config.eval.batch_size)
+  train_src = run_data.make_source(config, config.data.train_split)
+  run_data.require_labels(train_src, task)
+  test_src = run_data.heldout_source(config)
+  run_data.require_labels(test_src, task)
   return weights, train_src, test_src, max(train_src.num_classes, test_src.num_classes)
+
+
+def _validation_split(
+  train_src: sources.DataSource, config: ml_collections.ConfigDict, count: int
+) -> tuple[sources.DataSource, sources.DataSource | None]:
+  """(training, validation) sources: ``count`` examples carved off to choose among several
+  learning rates; no validation source for a single one."""
+  if len(config.eval.base_lrs) == 1:
+    return train_src, None
+  return run_data.split_off(train_src, config, count, config.seed)
+
+
+def _pmapped_encode(weights: encoder_lib.EncoderWeights, conv_impl: str):
+  """``p_encode(params, state, images)``: the inference-mode encoder of ``weights``, ``pmap``-ed."""
+  encode = encoder_lib.encode_fn(
+    weights.spec, bn_decay=weights.bn_decay, bn_eps=weights.bn_eps, conv_impl=conv_impl
+  )
+  return jax.pmap(encode, axis_name=parallel.AXIS)
+
+
+def _augmented_batches(
+  source: sources.DataSource, config: ml_collections.ConfigDict, view: augment.AugmentParams
+) -> Iterator[dict[str, np.ndarray]]:
+  """This process's share of endless augmented training batches of ``eval.batch_size``."""
+  return pipeline.train_batches(
+    source,
+    global_batch_size=config.eval.batch_size,
+    image_size=config.data.image_size,
+    params=view,
+    seed=config.seed,
+    process_index=jax.process_index(),
+    process_count=jax.process_count(),
+    shuffle_buffer=config.data.shuffle_buffer,
+  )
+
+
+def _train_loop(
+  p_step, carry: tuple, batches: Iterator[tuple], total: int, what: str, log_every: int, *extra
+):
+  """Runs ``carry = p_step(*carry, *batch, *extra)[:-1]`` for ``total`` batches; the step's last
+  output is its loss (one per classifier, or one), printed every ``log_every`` steps."""
+  first = next(batches)
+  parallel.compile_then_sync(p_step, (*carry, *first, *extra), f"{what.replace(' ', '_')}_step")
+  is_main = jax.process_index() == 0
+  for step, batch in zip(range(1, total + 1), itertools.chain([first], batches)):
+    *carry, loss = p_step(*carry, *batch, *extra)
+    if is_main and (step % max(1, log_every) == 0 or step == total):
+      loss_text = ", ".join(f"{x:.4f}" for x in np.atleast_1d(np.asarray(loss[0])))
+      print(f"{what} step {step}/{total} | loss {loss_text}", flush=True)
+  return tuple(carry)
+
+
+# --------------------------------------------------------------------------------------------
+# Linear evaluation.
+
+
+def _linear_training_stream(config, p_encode, enc_params, enc_state, train_src):
+  """Endless (features, labels) device batches of the training set for the classifiers."""
+  view = _train_view(config)
+  if view is not None:
+    return (
+      (p_encode(enc_params, enc_state, parallel.shard(b["image"])), parallel.shard(b["label"]))
+      for b in _augmented_batches(train_src, config, view)
+    )
+  # Frozen encoder and fixed views: encode the training set once. Every process keeps the
+  # features of all processes' shards (as one process would), so the global batches are drawn
+  # from the whole training set.
+  image_size, resize = config.data.image_size, config.data.eval_resize
+  eval_bs = features_lib.eval_batch_size(config.eval.batch_size)
+  feats, labels = features_lib.extract_features(
+    p_encode,
+    enc_params,
+    enc_state,
+    features_lib.eval_views(train_src, image_size, resize, eval_bs),
+    gather=True,
+  )
+  batches = _feature_batches(
+    feats, labels, config.eval.batch_size, config.seed, jax.process_index(), jax.process_count()
+  )
+  return ((parallel.shard(f), parallel.shard(y)) for f, y in batches)
+
+
+def _linear_scores(config, p_encode, enc_params, enc_state, clf, source):
+  """Every classifier's scores [L, N, C] of this process's examples of ``source``, and labels."""
+  image_size, resize = config.data.image_size, config.data.eval_resize
+  eval_bs = features_lib.eval_batch_size(config.eval.batch_size)
+  feats, labels = features_lib.extract_features(
+    p_encode, enc_params, enc_state, features_lib.eval_views(source, image_size, resize, eval_bs)
+  )
+  return np.einsum("nd,ldc->lnc", feats, clf["w"]) + clf["b"][:, None, :], labels
+
+
+def _choose_and_test(score_fn, val_src, test_src, base_lrs: list[float]) -> dict:
+  """The lr with the best validation top-1 (the only one without validation) and its test
+  accuracies, over all processes' examples: every process picks the same lr and reports the
+  same."""
+  results: dict = {}
+  best = 0
+  if val_src is not None:
+    val_accuracy, _ = global_accuracy(*score_fn(val_src), ks=(1,))
+    val_top1 = val_accuracy[:, 0].tolist()
+    best = int(np.argmax(val_top1))
+    results["val_top1_per_lr"] = dict(zip(map(str, base_lrs), val_top1))
+    results["val_top1"] = val_top1[best]
+  test_scores, test_labels = score_fn(test_src)
+  accuracy, count = global_accuracy(test_scores[best : best + 1], test_labels)
+  results["base_lr"] = base_lrs[best]
+  results["top1"], results["top5"] = accuracy[0].tolist()
+  results["test_examples"] = count
+  return results
 
 
 def linear_eval(config: ml_collections.ConfigDict, workdir: str) -> dict:
   """The paper's linear evaluation of ``config.checkpoint``; returns (and writes) the results."""
   weights, train_src, test_src, num_classes = _checkpoint_and_sources(config, "Linear evaluation")
+  train_src, val_src = _validation_split(train_src, config, config.eval.val_examples)
   batch_size = config.eval.batch_size
-  image_size, resize = config.data.image_size, config.data.eval_resize
   base_lrs = [float(lr) for lr in config.eval.base_lrs]
-  val_src = None
-  if len(base_lrs) > 1:
-    train_src, val_src = split_off(train_src, config, config.eval.val_examples, config.seed)
-
-  encode = encoder_lib.encode_fn(
-    weights.spec,
-    bn_decay=weights.bn_decay,
-    bn_eps=weights.bn_eps,
-    conv_impl=config.model.conv_impl,
-  )
-  p_encode = jax.pmap(encode, axis_name=AXIS)
-  enc_params = parallel.replicate(weights.params)
-  enc_state = parallel.replicate(weights.state)
-  eval_bs = _eval_batch_size(batch_size)
-  dim = encoder_lib.Encoder(weights, image_size, resize).dim
+  p_encode = _pmapped_encode(weights, config.model.conv_impl)
+  enc_params, enc_state = parallel.replicate((weights.params, weights.state))
+  dim = encoder_lib.feature_dim(weights.spec)
 
   total = _num_steps(config, train_src.num_examples)
   peak_lrs = np.array([schedules.scaled_learning_rate(lr, batch_size) for lr in base_lrs])
@@ -302,10 +296,10 @@ def linear_eval(config: ml_collections.ConfigDict, workdir: str) -> dict:
     w=np.zeros((len(base_lrs), dim, num_classes), np.float32),
     b=np.zeros((len(base_lrs), num_classes), np.float32),
   )
-  opt_state = optimizer.init(clf)
-  clf, opt_state = parallel.replicate((clf, opt_state))
-  p_step = jax.pmap(make_linear_step(peak_lrs, optimizer), axis_name=AXIS, donate_argnums=(0, 1))
-
+  carry = parallel.replicate((clf, optimizer.init(clf)))
+  p_step = jax.pmap(
+    make_linear_step(peak_lrs, optimizer), axis_name=parallel.AXIS, donate_argnums=(0, 1)
+  )
   is_main = jax.process_index() == 0
   if is_main:
     print(
@@ -314,71 +308,20 @@ def linear_eval(config: ml_collections.ConfigDict, workdir: str) -> dict:
       f"base lrs {base_lrs}.",
       flush=True,
     )
-  view = _train_view(config)
-  if view is None:  # frozen encoder and fixed views: encode the training set once
-    # Every process keeps the features of all processes' shards (as one process would), so the
-    # global batches are drawn from the whole training set.
-    feats, labels = extract_features(
-      p_encode,
-      enc_params,
-      enc_state,
-      eval_views(train_src, image_size, resize, eval_bs),
-      gather=True,
-    )
-    batches = _feature_batches(
-      feats, labels, batch_size, config.seed, jax.process_index(), jax.process_count()
-    )
-    feature_stream = ((parallel.shard(f), parallel.shard(y)) for f, y in batches)
-  else:
-    batches = pipeline.train_batches(
-      train_src,
-      global_batch_size=batch_size,
-      image_size=image_size,
-      params=view,
-      seed=config.seed,
-      process_index=jax.process_index(),
-      process_count=jax.process_count(),
-      shuffle_buffer=config.data.shuffle_buffer,
-    )
-    feature_stream = (
-      (p_encode(enc_params, enc_state, parallel.shard(b["image"])), parallel.shard(b["label"]))
-      for b in batches
-    )
-  first = next(feature_stream)
-  parallel.compile_then_sync(p_step, (clf, opt_state, *first), "linear_step")
-  feature_stream = itertools.chain([first], feature_stream)
-  log_every = max(1, config.eval.log_every_steps)
-  for step, (features, labels) in zip(range(1, total + 1), feature_stream):
-    clf, opt_state, losses = p_step(clf, opt_state, features, labels)
-    if is_main and (step % log_every == 0 or step == total):
-      loss_text = ", ".join(f"{x:.4f}" for x in np.asarray(losses[0]))
-      print(f"linear eval step {step}/{total} | loss {loss_text}", flush=True)
+  stream = _linear_training_stream(config, p_encode, enc_params, enc_state, train_src)
+  clf, _ = _train_loop(p_step, carry, stream, total, "linear eval", config.eval.log_every_steps)
   clf = parallel.unreplicate(clf)
 
-  def scores(src):
-    feats, labels = extract_features(
-      p_encode, enc_params, enc_state, eval_views(src, image_size, resize, eval_bs)
-    )
-    return np.einsum("nd,ldc->lnc", feats, clf["w"]) + clf["b"][:, None, :], labels
+  def scores(source):
+    return _linear_scores(config, p_encode, enc_params, enc_state, clf, source)
 
-  # Accuracies over all processes' examples: every process picks the same lr and reports the same.
-  results: dict = dict(checkpoint=weights.source, checkpoint_step=weights.step, steps=total)
-  best = 0
-  if val_src is not None:
-    val_accuracy, _ = global_accuracy(*scores(val_src), ks=(1,))
-    val_top1 = val_accuracy[:, 0].tolist()
-    best = int(np.argmax(val_top1))
-    results["val_top1_per_lr"] = dict(zip(map(str, base_lrs), val_top1))
-    results["val_top1"] = val_top1[best]
-  test_scores, test_labels = scores(test_src)
-  accuracy, count = global_accuracy(test_scores[best : best + 1], test_labels)
-  results["base_lr"] = base_lrs[best]
-  results["top1"], results["top5"] = accuracy[0].tolist()
-  results["test_examples"] = count
+  results = dict(checkpoint=weights.source, checkpoint_step=weights.step, steps=total)
+  results.update(_choose_and_test(scores, val_src, test_src, base_lrs))
   if is_main:
     print(
       f"Linear evaluation: top-1 {100 * results['top1']:.2f}%, top-5 "
-      f"{100 * results['top5']:.2f}% on {count} test images (base lr {base_lrs[best]}).",
+      f"{100 * results['top5']:.2f}% on {results['test_examples']} test images "
+      f"(base lr {results['base_lr']}).",
       flush=True,
     )
   _write_results(workdir, "linear_eval", results, total)
@@ -387,67 +330,6 @@ def linear_eval(config: ml_collections.ConfigDict, workdir: str) -> dict:
 
 # --------------------------------------------------------------------------------------------
 # Fine-tuning on a label subset.
-
-
-def choose_label_subset(labels: np.ndarray, fraction: float, seed: int) -> np.ndarray:
-  """Sorted indices of a stratified ``fraction`` of the examples, deterministic in ``seed``."""
-  n = len(labels)
-  count = max(1, round(fraction * n))
-  if count >= n:
-    return np.arange(n, dtype=np.int64)
-  return sources.stratified_holdout(labels, count, seed)[1]
-
-
-def source_labels(source: sources.DataSource) -> np.ndarray:
-  """Every label of a source, in storage order (TFDS: one pass over the records, undecoded)."""
-  labels = getattr(source, "labels", None)
-  if labels is not None:
-    return np.asarray(labels)
-  if not isinstance(source, sources.TfdsSource):
-    raise TypeError(f"Cannot list the labels of {source.name}.")
-  ds = source.records().map(lambda r: r["label"]).batch(65536)
-  return np.concatenate(list(ds.as_numpy_iterator()))
-
-
-class EncodedSource(sources.DataSource):
-  """In-memory encoded images (e.g. a label subset of a TFDS split), decoded on read."""
-
-  def __init__(self, encoded: list[bytes], labels: np.ndarray, num_classes: int, name: str):
-    self.name = name
-    self.encoded = encoded
-    self.labels = np.asarray(labels, np.int32)
-    self.num_examples = len(encoded)
-    self.num_classes = num_classes
-    self._encoded_t = None
-    self._labels_t = None
-
-  def read(self, index):
-    import tensorflow as tf
-
-    if self._encoded_t is None:
-      with tf.init_scope():
-        self._encoded_t = tf.constant(self.encoded)
-        self._labels_t = tf.constant(self.labels)
-    record = {"image": tf.gather(self._encoded_t, index), "label": tf.gather(self._labels_t, index)}
-    return sources.TfdsSource.decode(record)
-
-
-def materialize_tfds_subset(source: sources.TfdsSource, indices: np.ndarray) -> EncodedSource:
-  """The records ``indices`` (storage order) of a TFDS split, kept encoded in memory.
-
-  One pass over the split; 1% of ImageNet is about 1.4 GB, 10% about 14 GB of host memory.
-  """
-  import tensorflow as tf
-
-  wanted = np.zeros([source.num_examples], bool)
-  wanted[indices] = True
-  mask = tf.constant(wanted)
-  ds = source.records().enumerate().filter(lambda i, r: tf.gather(mask, i))
-  encoded, labels = [], []
-  for _, record in ds.as_numpy_iterator():
-    encoded.append(record["image"])
-    labels.append(record["label"])
-  return EncodedSource(encoded, np.asarray(labels), source.num_classes, f"{source.name}[subset]")
 
 
 def make_finetune_step(network: hk.TransformedWithState, optimizer):
@@ -465,7 +347,7 @@ def make_finetune_step(network: hk.TransformedWithState, optimizer):
 
   def step(params, state, opt_state, images, labels, peak_lr):
     (loss, state), grads = jax.value_and_grad(loss_fn, has_aux=True)(params, state, images, labels)
-    loss, grads = jax.lax.pmean((loss, grads), AXIS)
+    loss, grads = jax.lax.pmean((loss, grads), parallel.AXIS)
     updates, opt_state = optimizer.update(grads, opt_state, params)
     updates = jax.tree.map(lambda u: u * peak_lr, updates)
     return optax.apply_updates(params, updates), state, opt_state, loss
@@ -473,13 +355,11 @@ def make_finetune_step(network: hk.TransformedWithState, optimizer):
   return step
 
 
-def finetune(config: ml_collections.ConfigDict, workdir: str) -> dict:
-  """Fine-tunes ``config.checkpoint`` on ``eval.label_fraction`` of the labels; returns results."""
-  weights, full, test_src, num_classes = _checkpoint_and_sources(config, "Fine-tuning")
-  batch_size = config.eval.batch_size
-  image_size, resize = config.data.image_size, config.data.eval_resize
-  labels = source_labels(full)
-  chosen = choose_label_subset(labels, config.eval.label_fraction, config.eval.label_seed)
+def _label_subset(config: ml_collections.ConfigDict, full: sources.DataSource, workdir: str):
+  """``(source, indices)``: the stratified ``eval.label_fraction`` of the training labels,
+  recorded in ``<workdir>/label_subset.json`` (with the file names of an image folder)."""
+  labels = subsets.source_labels(full)
+  chosen = subsets.choose_label_subset(labels, config.eval.label_fraction, config.eval.label_seed)
   if jax.process_index() == 0:
     os.makedirs(workdir, exist_ok=True)
     record = dict(
@@ -493,93 +373,87 @@ def finetune(config: ml_collections.ConfigDict, workdir: str) -> dict:
     with open(os.path.join(workdir, "label_subset.json"), "w") as f:
       json.dump(record, f)
   if full.random_access:
-    train_src = sources.subset_source(full, chosen)
-  else:
-    train_src = materialize_tfds_subset(full, chosen)
-  base_lrs = [float(lr) for lr in config.eval.base_lrs]
-  val_src = None
-  if len(base_lrs) > 1:
-    train_src, val_src = split_off(
-      train_src, config, min(config.eval.val_examples, train_src.num_examples // 5), config.seed
-    )
+    return sources.subset_source(full, chosen), chosen
+  return subsets.materialize_tfds_subset(full, chosen), chosen
 
-  conv_impl = models.resolve_conv_impl(config.model.conv_impl, jax.default_backend())
-  network = models.make_encoder_network(
+
+def _finetune_at(config, weights, p_step, optimizer, batches, total, base_lr, num_classes):
+  """Encoder and a zero-initialised linear head trained at one base lr; (params, state)."""
+  dim = encoder_lib.feature_dim(weights.spec)
+  params = dict(
+    encoder=weights.params,
+    head=dict(w=np.zeros((dim, num_classes), np.float32), b=np.zeros((num_classes,), np.float32)),
+  )
+  carry = parallel.replicate((params, weights.state, optimizer.init(params)))
+  peak_lr = np.float32(schedules.scaled_learning_rate(base_lr, config.eval.batch_size))
+  device_batches = (parallel.shard((b["image"], b["label"])) for b in batches)
+  params, state, _ = _train_loop(
+    p_step, carry, device_batches, total, "finetune", config.eval.log_every_steps, peak_lr
+  )
+  return params, state
+
+
+def _finetuned_accuracy(config, p_encode, params, state, val_src, test_src):
+  """(validation top-1 or None, [test top-1, top-5], test examples) over all processes."""
+  image_size, resize = config.data.image_size, config.data.eval_resize
+  eval_bs = features_lib.eval_batch_size(config.eval.batch_size)
+  head = parallel.unreplicate(params["head"])
+
+  def scores(source):
+    feats, labels = features_lib.extract_features(
+      p_encode,
+      params["encoder"],
+      state,
+      features_lib.eval_views(source, image_size, resize, eval_bs),
+    )
+    return (feats @ head["w"] + head["b"])[None], labels
+
+  val_top1 = None
+  if val_src is not None:
+    val_top1 = float(global_accuracy(*scores(val_src), ks=(1,))[0][0, 0])
+  test_accuracy, count = global_accuracy(*scores(test_src))
+  return val_top1, test_accuracy[0].tolist(), count
+
+
+def finetune(config: ml_collections.ConfigDict, workdir: str) -> dict:
+  """Fine-tunes ``config.checkpoint`` on ``eval.label_fraction`` of the labels; returns results."""
+  weights, full, test_src, num_classes = _checkpoint_and_sources(config, "Fine-tuning")
+  train_src, chosen = _label_subset(config, full, workdir)
+  val_count = min(config.eval.val_examples, train_src.num_examples // 5)
+  train_src, val_src = _validation_split(train_src, config, val_count)
+  network = encoder_lib.encoder_network(
     weights.spec,
     bn_decay=weights.bn_decay,
     bn_eps=weights.bn_eps,
-    axis_name=AXIS,
-    conv_impl=conv_impl,
+    axis_name=parallel.AXIS,
+    conv_impl=config.model.conv_impl,
   )
-  encode = encoder_lib.encode_fn(
-    weights.spec, bn_decay=weights.bn_decay, bn_eps=weights.bn_eps, conv_impl=conv_impl
-  )
-  p_encode = jax.pmap(encode, axis_name=AXIS)
-  dim = encoder_lib.Encoder(weights, image_size, resize).dim
+  p_encode = _pmapped_encode(weights, config.model.conv_impl)
   total = _num_steps(config, train_src.num_examples)
   view = _train_view(config) or augment.get_preset("crop_only")[0].replace(crop_area_min=1.0)
-  eval_bs = _eval_batch_size(batch_size)
-  is_main = jax.process_index() == 0
-
   optimizer = _sgd(total, config.eval.weight_decay)
   p_step = jax.pmap(
     make_finetune_step(network, optimizer),
-    axis_name=AXIS,
+    axis_name=parallel.AXIS,
     in_axes=(0, 0, 0, 0, 0, None),
     donate_argnums=(0, 1, 2),
   )
+  is_main = jax.process_index() == 0
   runs = []
-  for base_lr in base_lrs:
-    peak_lr = np.float32(schedules.scaled_learning_rate(base_lr, batch_size))
-    params = dict(
-      encoder=weights.params,
-      head=dict(w=np.zeros((dim, num_classes), np.float32), b=np.zeros((num_classes,), np.float32)),
-    )
-    opt_state = optimizer.init(params)
-    params, state, opt_state = parallel.replicate((params, weights.state, opt_state))
+  for base_lr in [float(lr) for lr in config.eval.base_lrs]:
     if is_main:
       print(
         f"Fine-tuning {weights.source} on {train_src.num_examples} labelled images "
         f"({100 * config.eval.label_fraction:g}%): {total} steps, base lr {base_lr}.",
         flush=True,
       )
-    batches = pipeline.train_batches(
-      train_src,
-      global_batch_size=batch_size,
-      image_size=image_size,
-      params=view,
-      seed=config.seed,
-      process_index=jax.process_index(),
-      process_count=jax.process_count(),
-      shuffle_buffer=config.data.shuffle_buffer,
+    batches = _augmented_batches(train_src, config, view)
+    params, state = _finetune_at(
+      config, weights, p_step, optimizer, batches, total, base_lr, num_classes
     )
-    device_batches = (parallel.shard((b["image"], b["label"])) for b in batches)
-    first = next(device_batches)
-    parallel.compile_then_sync(p_step, (params, state, opt_state, *first, peak_lr), "finetune_step")
-    device_batches = itertools.chain([first], device_batches)
-    for step, (images, targets) in zip(range(1, total + 1), device_batches):
-      params, state, opt_state, loss = p_step(params, state, opt_state, images, targets, peak_lr)
-      if is_main and (step % max(1, config.eval.log_every_steps) == 0 or step == total):
-        print(f"finetune step {step}/{total} | loss {float(loss[0]):.4f}", flush=True)
-
-    def scores(src, params=params, state=state):
-      feats, labels = extract_features(
-        p_encode, params["encoder"], state, eval_views(src, image_size, resize, eval_bs)
-      )
-      head = parallel.unreplicate(params["head"])
-      return feats @ head["w"] + head["b"], labels
-
-    # Accuracies over all processes' examples: every process picks the same lr.
-    val_top1 = None
-    if val_src is not None:
-      val_scores, val_labels = scores(val_src)
-      val_accuracy, _ = global_accuracy(val_scores[None], val_labels, ks=(1,))
-      val_top1 = float(val_accuracy[0, 0])
-    test_scores, test_labels = scores(test_src)
-    test_accuracy, count = global_accuracy(test_scores[None], test_labels)
-    runs.append((val_top1, base_lr, test_accuracy[0].tolist(), count))
-  best = max(range(len(runs)), key=lambda i: runs[i][0] if runs[i][0] is not None else 0.0)
-  val_top1, base_lr, (top1, top5), count = runs[best]
+    runs.append((base_lr, *_finetuned_accuracy(config, p_encode, params, state, val_src, test_src)))
+  # Every process picks the same lr: the accuracies are over all processes' examples.
+  base_lr, val_top1, (top1, top5), count = max(runs, key=lambda run: run[1] or 0.0)
   results: dict = dict(
     checkpoint=weights.source,
     checkpoint_step=weights.step,
@@ -620,7 +494,7 @@ def embed(config: ml_collections.ConfigDict, workdir: str) -> str:
   if config.data.source == "folder":
     source = sources.folder_source(config.data.path)
   else:
-    source = train.make_source(config, config.data.train_split)
+    source = run_data.make_source(config, config.data.train_split)
   feats, labels, indices = [], [], []
   for batch in pipeline.eval_batches(
     source, batch_size=256, image_size=encoder.image_size, resize_size=encoder.resize_size

@@ -41,6 +41,7 @@ import numpy as np
 from byol_jax import checkpointing, config_base, models
 from byol_jax import encoder as encoder_lib
 from byol_jax.errors import UserError
+from byol_jax.padding import same_padding
 
 # Field order of the original code's experiment state named tuple.
 ORIGINAL_STATE_FIELDS = (
@@ -307,7 +308,7 @@ def torch_state_dict(
       f"torchvision has no {spec.name} x{spec.width_multiplier}: export supports width-1 "
       f"{', '.join(_TORCH_DEPTHS)}."
     )
-  root = encoder_lib.encoder_module_name(spec)
+  root = models.encoder_module_name(spec)
   blocks, bottleneck = models.RESNET_DEPTHS[spec.name]
   out: dict[str, np.ndarray] = {}
 
@@ -340,12 +341,6 @@ def torch_state_dict(
   return out
 
 
-def _same_padding(size: int, kernel: int, stride: int) -> tuple[int, int]:
-  """TensorFlow 'SAME' padding (lower, upper) of one spatial axis."""
-  total = max((-(-size // stride) - 1) * stride + kernel - size, 0)
-  return total // 2, total - total // 2
-
-
 def use_same_padding(model: Any) -> Any:
   """Makes a torchvision-layout ResNet pad like Haiku ('SAME'); returns the model.
 
@@ -360,8 +355,8 @@ def use_same_padding(model: Any) -> Any:
   def pad_hook(kernel: int, stride: int, value: float):
     def hook(module, inputs):
       (x,) = inputs
-      top, bottom = _same_padding(x.shape[-2], kernel, stride)
-      left, right = _same_padding(x.shape[-1], kernel, stride)
+      top, bottom = same_padding(x.shape[-2], kernel, stride)
+      left, right = same_padding(x.shape[-1], kernel, stride)
       return (F.pad(x, (left, right, top, bottom), value=value),)
 
     return hook

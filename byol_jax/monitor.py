@@ -18,8 +18,9 @@ import ml_collections
 import numpy as np
 from absl import logging
 
-from byol_jax import config_base, models, parallel, probes
+from byol_jax import config_base, models, parallel, probes, run_data
 from byol_jax import encoder as encoder_lib
+from byol_jax import features as features_lib
 from byol_jax.data import pipeline, sources
 from byol_jax.errors import UserError
 
@@ -57,8 +58,7 @@ class KnnMonitor:
     self.k = k
     self.temperature = temperature
     self.num_classes = max(train_source.num_classes, eval_source.num_classes)
-    n_dev = jax.local_device_count()
-    self._batch = max(n_dev, batch_size // n_dev * n_dev)
+    self._batch = features_lib.eval_batch_size(batch_size)
     self._train = self._prepare(train_source, image_size, resize_size)
     self._eval = self._prepare(eval_source, image_size, resize_size)
     self._p_encode = jax.pmap(
@@ -92,13 +92,7 @@ class KnnMonitor:
     state = encoder_lib.encoder_part(state, self.spec)
     if not replicated:
       params, state = parallel.replicate((params, state))
-    feats, labels = [], []
-    for batch in self.views(which):
-      out = self._p_encode(params, state, parallel.shard(batch["image"]))
-      out = np.asarray(out).reshape(len(batch["image"]), -1)
-      feats.append(out[batch["mask"]])
-      labels.append(batch["label"][batch["mask"]])
-    return np.concatenate(feats), np.concatenate(labels)
+    return features_lib.extract_features(self._p_encode, params, state, self.views(which))
 
   def __call__(self, online_params, online_state, replicated: bool = True) -> dict[str, float]:
     """{"knn_top1", "knn_top5"[, "probe_top1"]} of the online network's parameters and state.
@@ -121,20 +115,6 @@ class KnnMonitor:
     return metrics
 
 
-def _subset(source: sources.DataSource, count: int, seed: int, config, split: str):
-  """At most ``count`` examples of ``source``: stratified for random access, a prefix for TFDS."""
-  if count <= 0 or count >= source.num_examples:
-    return source
-  if not source.random_access:
-    from byol_jax import train
-
-    return train.make_source(config, f"{split}[:{count}]")
-  labels = getattr(source, "labels", None)
-  if labels is None:
-    labels = np.zeros([source.num_examples], np.int32)
-  return sources.subset_source(source, sources.stratified_holdout(labels, count, seed)[1])
-
-
 def from_config(
   config: ml_collections.ConfigDict, train_source: sources.DataSource
 ) -> KnnMonitor | None:
@@ -142,8 +122,6 @@ def from_config(
 
   Driver code, like ``train.pretrain``: it reads the config.
   """
-  from byol_jax import evaluate
-
   probe_classes = config.eval.online_probe_classes
   if probe_classes and probe_classes != train_source.num_classes:
     raise UserError(
@@ -157,11 +135,13 @@ def from_config(
     logging.warning("The kNN monitor runs in single-process runs only; it is off.")
     return None
   seed = config.data.holdout_seed + 1
-  knn_train = _subset(
+  knn_train = run_data.at_most(
     train_source, config.eval.knn_train_examples, seed, config, config.data.train_split
   )
-  held = evaluate.heldout_source(config)
-  knn_eval = _subset(held, config.eval.knn_eval_examples, seed, config, config.data.eval_split)
+  held = run_data.heldout_source(config)
+  knn_eval = run_data.at_most(
+    held, config.eval.knn_eval_examples, seed, config, config.data.eval_split
+  )
   image_size, resize_size = config_base.eval_view_sizes(config.data, config.eval.knn_image_size)
   return KnnMonitor(
     encoder_lib.spec_from_config(config.model),

@@ -15,6 +15,8 @@ import jax
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
+from byol_jax.errors import UserError
+
 # The name of the device axis of the pmap-ed steps; placing arrays on a mesh axis of the same name
 # gives them exactly the sharding that pmap returns, so feeding outputs back in never recompiles.
 AXIS = "batch"
@@ -84,3 +86,24 @@ def compile_then_sync(p_step, args: tuple[Any, ...], what: str) -> None:
   if jax.process_count() > 1:
     p_step.lower(*args).compile()
     sync_processes(what)
+
+
+def check_devices(batch_size: int, grad_accum_steps: int = 1) -> int:
+  """Returns the per-device batch; raises UserError when the batch does not split evenly over
+  the devices, or the per-device batch into ``grad_accum_steps`` micro-batches."""
+  n = jax.device_count()
+  if batch_size % n:
+    raise UserError(
+      f"config.batch_size={batch_size} is not divisible by the {n} devices: "
+      f"use a multiple of {n}, e.g. --config.batch_size={max(n, batch_size // n * n)}."
+    )
+  per_device = batch_size // n
+  if per_device % grad_accum_steps:
+    fits = max(d for d in range(1, grad_accum_steps + 1) if per_device % d == 0)
+    raise UserError(
+      f"The per-device batch {per_device} (config.batch_size={batch_size} over {n} devices) "
+      f"does not split into config.optim.grad_accum_steps={grad_accum_steps} micro-batches: "
+      f"use a divisor of {per_device}, e.g. --config.optim.grad_accum_steps={fits}, or a "
+      f"batch size that is a multiple of {n * grad_accum_steps}."
+    )
+  return per_device

@@ -14,7 +14,7 @@ import itertools
 import math
 import os
 from collections.abc import Iterator
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -26,6 +26,8 @@ from byol_jax import (
   byol,
   checkpointing,
   config_base,
+  config_diff,
+  cpu_ops,
   models,
   parallel,
   precision,
@@ -36,11 +38,6 @@ from byol_jax import (
 from byol_jax import encoder as encoder_lib
 from byol_jax.data import params as augment_params
 from byol_jax.errors import UserError
-
-if TYPE_CHECKING:
-  from byol_jax.data import sources
-
-AXIS = "batch"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -75,9 +72,10 @@ def build_network(config: ml_collections.ConfigDict, axis_name: str | None):
     bn_eps=config.model.bn_eps,
     axis_name=axis_name,
     num_classes=config.eval.online_probe_classes,
-    conv_impl=models.resolve_conv_impl(config.model.conv_impl, jax.default_backend()),
   )
-  return precision.mixed_precision(network, compute_dtype(config))
+  conv_impl = cpu_ops.resolve_conv_impl(config.model.conv_impl, jax.default_backend())
+  # The CPU lowering inside the precision interceptor, which casts what the lowered layers read.
+  return precision.mixed_precision(cpu_ops.lowered(network, conv_impl), compute_dtype(config))
 
 
 def view_params(
@@ -86,31 +84,6 @@ def view_params(
   return (
     augment_params.AugmentParams.from_mapping(config.augment.view1),
     augment_params.AugmentParams.from_mapping(config.augment.view2),
-  )
-
-
-def make_source(
-  config: ml_collections.ConfigDict, split: str, subset: str = "train"
-) -> sources.DataSource:
-  """The data source of ``split``; for image folders, ``subset`` picks the train or hold-out part."""
-  # The data modules (TensorFlow) load only where data is read, so the step and the model build
-  # on hosts without TensorFlow (accelerator benchmarks).
-  from byol_jax.data import sources
-
-  d = config.data
-  return sources.make_source(
-    d.source,
-    name=d.name,
-    data_dir=d.data_dir or None,
-    path=d.path,
-    split=split,
-    synthetic_examples=d.synthetic_examples,
-    synthetic_classes=d.synthetic_classes,
-    image_size=d.image_size,
-    seed=config.seed,
-    holdout=d.holdout,
-    holdout_seed=d.holdout_seed,
-    subset=subset,
   )
 
 
@@ -148,27 +121,6 @@ def hparams(config: ml_collections.ConfigDict, plan: RunPlan) -> byol.ByolHParam
   )
 
 
-def check_devices(batch_size: int, grad_accum_steps: int = 1) -> int:
-  """Returns the per-device batch; raises UserError when the batch does not split evenly over
-  the devices, or the per-device batch into ``grad_accum_steps`` micro-batches."""
-  n = jax.device_count()
-  if batch_size % n:
-    raise UserError(
-      f"config.batch_size={batch_size} is not divisible by the {n} devices: "
-      f"use a multiple of {n}, e.g. --config.batch_size={max(n, batch_size // n * n)}."
-    )
-  per_device = batch_size // n
-  if per_device % grad_accum_steps:
-    fits = max(d for d in range(1, grad_accum_steps + 1) if per_device % d == 0)
-    raise UserError(
-      f"The per-device batch {per_device} (config.batch_size={batch_size} over {n} devices) "
-      f"does not split into config.optim.grad_accum_steps={grad_accum_steps} micro-batches: "
-      f"use a divisor of {per_device}, e.g. --config.optim.grad_accum_steps={fits}, or a "
-      f"batch size that is a multiple of {n * grad_accum_steps}."
-    )
-  return per_device
-
-
 def prefetch_to_devices(batches: Iterator[dict[str, np.ndarray]], size: int = 2):
   """Keeps ``size`` batches in flight to the local devices while the step runs."""
   queue: collections.deque = collections.deque()
@@ -204,7 +156,7 @@ def restore_or_init(
   state = initial_state(config, optimizer)
 
   def check_architecture(saved: dict[str, Any]) -> None:
-    mismatch = checkpointing.architecture_mismatch(
+    mismatch = config_diff.architecture_mismatch(
       saved, config.to_dict(), config_base.get_base_config().to_dict()
     )
     if mismatch:
@@ -243,6 +195,118 @@ def with_encoder_from(state: byol.TrainState, config: ml_collections.ConfigDict)
   )
 
 
+def pmapped_update(config: ml_collections.ConfigDict, hp: byol.ByolHParams, optimizer, views):
+  """The update step of the config, ``pmap``-ed over every device (the state donated)."""
+  update = byol.make_update_fn(
+    build_network(config, parallel.AXIS),
+    optimizer,
+    hp,
+    axis_name=parallel.AXIS,
+    device_colour_ops=None if config.data.host_colour_ops else views,
+    grad_accum_steps=config.optim.grad_accum_steps,
+  )
+  return jax.pmap(update, axis_name=parallel.AXIS, donate_argnums=(0,))
+
+
+def announce_start(
+  config: ml_collections.ConfigDict, workdir: str, state: byol.TrainState, plan: RunPlan
+) -> None:
+  """Records the config in the workdir and prints what the run is about to do."""
+  start_step = int(state.step)
+  change = writers.record_config(workdir, config.to_json_best_effort(indent=2), start_step)
+  if change:
+    print(
+      f"note: config changed since the last start ({', '.join(change[1])}); "
+      f"the previous config is kept as {change[0]}."
+    )
+  n_params = models.count_params(state.online_params)
+  accum = config.optim.grad_accum_steps
+  print(
+    f"BYOL pretraining: {config.model.encoder} ({n_params / 1e6:.2f}M online parameters), "
+    f"{plan.num_examples} images, batch {config.batch_size} on {jax.device_count()} device(s)"
+    f"{f' in {accum} micro-batches' if accum > 1 else ''}, "
+    f"{compute_dtype(config).name} compute, "
+    f"{plan.total_steps} steps ({plan.steps_per_epoch} per epoch), starting at step {start_step}.",
+    flush=True,
+  )
+
+
+@dataclasses.dataclass
+class TrainingLoop:
+  """The steps of a run after its set-up: update, log, checkpoint, monitor, stop on a signal."""
+
+  config: ml_collections.ConfigDict
+  plan: RunPlan
+  p_update: Any
+  checkpointer: checkpointing.Checkpointer
+  writer: writers.MetricWriter
+  progress: writers.Progress
+  knn_monitor: Any = None
+  last: dict[str, float] = dataclasses.field(default_factory=dict)
+
+  def run(self, state, device_batches, signals: preemption.StopSignals) -> tuple[int, bool]:
+    """Steps until the plan's end or a stop; returns (last step, whether stopped early)."""
+    rng = parallel.replicate(jax.random.PRNGKey(self.config.seed))
+    step = start_step = int(state.step)
+    state = parallel.replicate(state)
+    vote = preemption.StopVote(signals)
+    # A signal during the set-up ends the run before the step compiles: nothing new to save.
+    if preemption.any_process(signals.requested, "stop_before_training"):
+      return step, True
+    if jax.process_count() > 1 and step < self.plan.total_steps:
+      device_batches = compile_then_sync(self.p_update, state, rng, device_batches)
+    for batch in device_batches:
+      if step >= self.plan.total_steps:
+        break
+      state, metrics = self.p_update(state, batch, rng)
+      step += 1
+      if step == start_step + 1:
+        self.progress.start(step)  # throughput excludes the compiling first step
+      saved = self.after_step(step, state, metrics)
+      if vote.after_step():
+        if not saved:
+          self.save(step, state)
+        return step, True
+    return step, False
+
+  def after_step(self, step: int, state, metrics) -> bool:
+    """Logs, checkpoints and monitors where ``step`` calls for it; returns whether it saved."""
+    config, total = self.config, self.plan.total_steps
+    is_log = step % config.log_every_steps == 0 or step == total
+    is_ckpt = step % config.checkpoint_every_steps == 0 or step == total
+    if is_log or is_ckpt:
+      scalars = {k: float(v) for k, v in parallel.unreplicate(metrics).items()}
+      if config.max_skipped_steps > 0:
+        scalars["skipped_steps"] = float(parallel.unreplicate(state.skipped_steps))
+        check_skipped(step, int(scalars["skipped_steps"]), config.max_skipped_steps)
+      else:
+        check_finite(step, scalars)
+      if is_log:
+        scalars["images_per_s"] = self.progress.update(step, scalars)
+        self.writer.write(step, scalars)
+        self.last = scalars
+      if is_ckpt:
+        self.save(step, state)
+    if self.knn_monitor is not None and self.knn_monitor.due(step, total):
+      knn = self.knn_monitor(state.online_params, state.online_state)
+      self.writer.write(step, knn)
+      if jax.process_index() == 0:
+        print(" | ".join(f"{k} {v:.4f}" for k, v in knn.items()), flush=True)
+      self.progress.start(step)  # the throughput excludes the monitor's time
+    return is_ckpt
+
+  def save(self, step: int, state) -> None:
+    """Checkpoints the (replicated) state, unless it is no longer finite."""
+    host_state = parallel.unreplicate(state)
+    # Never write a diverged state: the last good checkpoint must survive.
+    if not all(np.all(np.isfinite(x)) for x in jax.tree.leaves(host_state)):
+      raise UserError(
+        f"The parameters stopped being finite at step {step}; the last good checkpoint is kept: "
+        "lower --config.optim.base_lr or check the data."
+      )
+    self.checkpointer.save(step, host_state._asdict(), self.config.to_dict())
+
+
 def pretrain(
   config: ml_collections.ConfigDict,
   workdir: str,
@@ -256,25 +320,19 @@ def pretrain(
   if signals is None:
     with preemption.StopSignals() as own:
       return pretrain(config, workdir, own)
-  from byol_jax import monitor  # the data modules load here: see make_source
+  # The data modules (TensorFlow) load only where data is read, so the step and the model build
+  # on hosts without TensorFlow (accelerator benchmarks).
+  from byol_jax import monitor, run_data
   from byol_jax.data import pipeline
 
   config_base.validate_config(config)
-  check_devices(config.batch_size, config.optim.grad_accum_steps)
-  source = make_source(config, config.data.train_split)
+  parallel.check_devices(config.batch_size, config.optim.grad_accum_steps)
+  source = run_data.make_source(config, config.data.train_split)
   plan = plan_run(config, source.num_examples)
   hp = hparams(config, plan)
   optimizer = byol.make_optimizer(hp)
   view1, view2 = view_params(config)
-  update = byol.make_update_fn(
-    build_network(config, AXIS),
-    optimizer,
-    hp,
-    axis_name=AXIS,
-    device_colour_ops=None if config.data.host_colour_ops else (view1, view2),
-    grad_accum_steps=config.optim.grad_accum_steps,
-  )
-  p_update = jax.pmap(update, axis_name=AXIS, donate_argnums=(0,))
+  p_update = pmapped_update(config, hp, optimizer, (view1, view2))
   # kNN accuracy on held-out data every config.eval.knn_every_steps steps (None when off).
   knn_monitor = monitor.from_config(config, source)
 
@@ -286,23 +344,7 @@ def pretrain(
   state = restore_or_init(checkpointer, config, optimizer)
   start_step = int(state.step)
   if is_main:
-    change = writers.record_config(workdir, config.to_json_best_effort(indent=2), start_step)
-    if change:
-      print(
-        f"note: config changed since the last start ({', '.join(change[1])}); "
-        f"the previous config is kept as {change[0]}."
-      )
-    n_params = models.count_params(state.online_params)
-    accum = config.optim.grad_accum_steps
-    print(
-      f"BYOL pretraining: {config.model.encoder} ({n_params / 1e6:.2f}M online parameters), "
-      f"{plan.num_examples} images, batch {config.batch_size} on {jax.device_count()} device(s)"
-      f"{f' in {accum} micro-batches' if accum > 1 else ''}, "
-      f"{compute_dtype(config).name} compute, "
-      f"{plan.total_steps} steps ({plan.steps_per_epoch} per epoch), starting at step {start_step}.",
-      flush=True,
-    )
-
+    announce_start(config, workdir, state, plan)
   batches = pipeline.pretrain_batches(
     source,
     global_batch_size=config.batch_size,
@@ -321,69 +363,16 @@ def pretrain(
   # Steps after the checkpoint we resume from are recomputed: drop their stale records.
   writer.truncate_after(start_step)
   progress = writers.Progress(plan.total_steps, config.batch_size, enabled=is_main)
-  rng = parallel.replicate(jax.random.PRNGKey(config.seed))
-  device_batches = prefetch_to_devices(batches)
-  state = parallel.replicate(state)
-  last: dict[str, float] = {}
-  step = start_step
-
-  def save(step: int) -> None:
-    host_state = parallel.unreplicate(state)
-    # Never write a diverged state: the last good checkpoint must survive.
-    if not all(np.all(np.isfinite(x)) for x in jax.tree.leaves(host_state)):
-      raise UserError(
-        f"The parameters stopped being finite at step {step}; the last good checkpoint is kept: "
-        "lower --config.optim.base_lr or check the data."
-      )
-    checkpointer.save(step, host_state._asdict(), config.to_dict())
-
-  vote = preemption.StopVote(signals)
-  stopped = False
+  loop = TrainingLoop(config, plan, p_update, checkpointer, writer, progress, knn_monitor)
   try:
-    # A signal during the set-up ends the run before the step compiles: nothing new to save.
-    stopped = preemption.any_process(signals.requested, "stop_before_training")
-    if not stopped and jax.process_count() > 1 and step < plan.total_steps:
-      device_batches = compile_then_sync(p_update, state, rng, device_batches)
-    for batch in () if stopped else device_batches:
-      if step >= plan.total_steps:
-        break
-      state, metrics = p_update(state, batch, rng)
-      step += 1
-      if step == start_step + 1:
-        progress.start(step)  # throughput excludes the compiling first step
-      is_log = step % config.log_every_steps == 0 or step == plan.total_steps
-      is_ckpt = step % config.checkpoint_every_steps == 0 or step == plan.total_steps
-      if is_log or is_ckpt:
-        scalars = {k: float(v) for k, v in parallel.unreplicate(metrics).items()}
-        if config.max_skipped_steps > 0:
-          scalars["skipped_steps"] = float(parallel.unreplicate(state.skipped_steps))
-          check_skipped(step, int(scalars["skipped_steps"]), config.max_skipped_steps)
-        else:
-          check_finite(step, scalars)
-        if is_log:
-          scalars["images_per_s"] = progress.update(step, scalars)
-          writer.write(step, scalars)
-          last = scalars
-        if is_ckpt:
-          save(step)
-      if knn_monitor is not None and knn_monitor.due(step, plan.total_steps):
-        knn = knn_monitor(state.online_params, state.online_state)
-        writer.write(step, knn)
-        if is_main:
-          print(" | ".join(f"{k} {v:.4f}" for k, v in knn.items()), flush=True)
-        progress.start(step)  # the throughput excludes the monitor's time
-      if vote.after_step():
-        if not is_ckpt:
-          save(step)
-        stopped = True
-        break
+    step, stopped = loop.run(state, prefetch_to_devices(batches), signals)
   finally:
     checkpointer.wait()
     checkpointer.close()
     writer.close()
   if is_main:
     print(end_summary(step, start_step, stopped, signals, checkpointer, writer), flush=True)
-  return last
+  return loop.last
 
 
 def end_summary(

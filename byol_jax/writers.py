@@ -15,7 +15,7 @@ from typing import TextIO
 
 import numpy as np
 
-from byol_jax.checkpointing import flat_dict
+from byol_jax import config_diff
 from byol_jax.errors import UserError
 
 
@@ -107,18 +107,10 @@ def record_config(workdir: str, config_json: str, start_step: int) -> tuple[str,
       k += 1
       kept = os.path.join(workdir, f"config.before_step_{start_step}-{k}.json")
     os.replace(path, kept)
-    change = (kept, _changed_fields(previous, config_json))
+    change = (kept, config_diff.changed_fields(previous, config_json))
   with open(path, "w") as f:
     f.write(config_json)
   return change
-
-
-def _changed_fields(a: str, b: str) -> list[str]:
-  try:
-    old, new = flat_dict(json.loads(a)), flat_dict(json.loads(b))
-  except ValueError:  # a file cut short: every field counts as changed
-    return ["(unreadable previous config)"]
-  return sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k))
 
 
 def _duration(seconds: float) -> str:

@@ -172,14 +172,14 @@ def bench_step(config_path: str, size: int, batch: int, encoder: str, host_colou
   hp = train.hparams(config, plan)
   optimizer = byol.make_optimizer(hp)
   update = byol.make_update_fn(
-    train.build_network(config, train.AXIS),
+    train.build_network(config, parallel.AXIS),
     optimizer,
     hp,
-    axis_name=train.AXIS,
+    axis_name=parallel.AXIS,
     device_colour_ops=None if host_colour_ops else views,
   )
   n_dev = jax.local_device_count()
-  p_update = jax.pmap(update, axis_name=train.AXIS, donate_argnums=(0,))
+  p_update = jax.pmap(update, axis_name=parallel.AXIS, donate_argnums=(0,))
   state = parallel.replicate(train.initial_state(config, optimizer))
   rng = parallel.replicate(jax.random.PRNGKey(0))
   rs = np.random.default_rng(0)

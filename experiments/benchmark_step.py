@@ -42,7 +42,7 @@ import numpy as np
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)
 
-from byol_jax import byol, config_base, host_memory, models, parallel, train  # noqa: E402
+from byol_jax import byol, config_base, cpu_ops, host_memory, parallel, train  # noqa: E402
 
 
 def load_config(path: str):
@@ -95,13 +95,13 @@ def build_step(config, devices):
   optimizer = byol.make_optimizer(hp)
   view1, view2 = train.view_params(config)
   update = byol.make_update_fn(
-    train.build_network(config, train.AXIS),
+    train.build_network(config, parallel.AXIS),
     optimizer,
     hp,
-    axis_name=train.AXIS,
+    axis_name=parallel.AXIS,
     device_colour_ops=None if config.data.host_colour_ops else (view1, view2),
   )
-  p_update = jax.pmap(update, axis_name=train.AXIS, donate_argnums=(0,), devices=devices)
+  p_update = jax.pmap(update, axis_name=parallel.AXIS, donate_argnums=(0,), devices=devices)
   state = parallel.replicate(train.initial_state(config, optimizer), devices)
   rng = parallel.replicate(jax.random.PRNGKey(0), devices)
   size, batch = config.data.image_size, config.batch_size
@@ -208,7 +208,7 @@ def main() -> None:
     encoder=config.model.encoder,
     image_size=size,
     batch=batch,
-    conv_impl=models.resolve_conv_impl(config.model.conv_impl, devices[0].platform),
+    conv_impl=cpu_ops.resolve_conv_impl(config.model.conv_impl, devices[0].platform),
     devices=len(devices),
     platform=devices[0].platform,
     device_kind=devices[0].device_kind,

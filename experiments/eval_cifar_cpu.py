@@ -30,7 +30,7 @@ import jax
 import numpy as np
 from absl import app, flags
 
-from byol_jax import config_base, models, probes
+from byol_jax import config_base, probes
 from byol_jax import encoder as encoder_lib
 from byol_jax.data import device_augment, pipeline, sources
 from byol_jax.errors import UserError
@@ -68,9 +68,7 @@ def random_encoder(
   running the training-mode forward pass over the data first gives the random network the
   statistics a trained one would have.
   """
-  net = models.make_encoder_network(
-    weights.spec, conv_impl=models.resolve_conv_impl("auto", jax.default_backend())
-  )
+  net = encoder_lib.encoder_network(weights.spec)
   size = weights.config.data.image_size
   params, state = jax.jit(lambda k: net.init(k, np.zeros((1, size, size, 3), np.float32), True))(
     jax.random.PRNGKey(seed)

@@ -18,3 +18,12 @@ jax.config.update(
   "jax_compilation_cache_dir", os.path.join(os.path.dirname(__file__), "..", ".jax_cache")
 )
 jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
+
+
+import pytest  # noqa: E402
+
+
+@pytest.fixture(params=["xla", "winograd"])
+def conv_impl(request) -> str:
+  """Each core test once on XLA's convolutions (the GPU/TPU path), once on the CPU lowering."""
+  return request.param

@@ -1,5 +1,5 @@
 """Gradient accumulation: k micro-batches per update, against separate micro-batch and big-batch
-updates."""
+updates, with XLA's convolutions (the GPU/TPU path) and the CPU lowering alike."""
 
 import functools
 
@@ -11,7 +11,7 @@ import optax
 import pytest
 from tiny import tiny_config
 
-from byol_jax import byol, config_base, models, parallel, train
+from byol_jax import byol, config_base, cpu_ops, models, parallel, train
 from byol_jax.errors import UserError
 
 HP = byol.ByolHParams(peak_lr=0.8, total_steps=10, warmup_steps=0, tau_base=0.9, weight_decay=1e-4)
@@ -57,7 +57,7 @@ def _close(a, b, rtol=1e-5, atol=1e-6):
 
 
 @functools.cache
-def _resnet_runs():
+def _resnet_runs(conv_impl):
   """One accumulated update of the BatchNorm ResNet, and the 4 micro-batches as separate updates.
 
   Plain SGD makes the update linear in the gradient, so the accumulated update must equal the
@@ -65,7 +65,7 @@ def _resnet_runs():
   BatchNorm states are passed from one to the next, which in training mode does not change the
   outputs, so they reproduce the accumulated step's sequence of micro-batches.
   """
-  network = models.make_byol_network(ENC, HEADS, axis_name="batch")
+  network = cpu_ops.lowered(models.make_byol_network(ENC, HEADS, axis_name="batch"), conv_impl)
   optimizer = optax.sgd(0.1)
   state = _init(models.make_byol_network(ENC, HEADS), optimizer)
   rng = _place(jax.random.PRNGKey(1))
@@ -90,8 +90,8 @@ def _resnet_runs():
   )
 
 
-def test_accumulated_loss_and_update_are_the_means_over_micro_batches():
-  initial, accumulated, metrics, separate, separate_metrics = _resnet_runs()
+def test_accumulated_loss_and_update_are_the_means_over_micro_batches(conv_impl):
+  initial, accumulated, metrics, separate, separate_metrics = _resnet_runs(conv_impl)
   np.testing.assert_allclose(
     metrics["loss"], np.mean([m["loss"] for m in separate_metrics]), rtol=1e-6
   )
@@ -108,8 +108,8 @@ def test_accumulated_loss_and_update_are_the_means_over_micro_batches():
   assert int(accumulated.step) == 1
 
 
-def test_batchnorm_moving_averages_advance_once_per_micro_batch():
-  initial, accumulated, _, separate, _ = _resnet_runs()
+def test_batchnorm_moving_averages_advance_once_per_micro_batch(conv_impl):
+  initial, accumulated, _, separate, _ = _resnet_runs(conv_impl)
   _close(accumulated.online_state, separate[-1].online_state)
   _close(accumulated.target_state, separate[-1].target_state)
   counter = accumulated.online_state["projector/batch_norm/~/mean_ema"]["counter"]
@@ -134,8 +134,8 @@ def _bn_free_network():
   return hk.without_apply_rng(hk.transform_with_state(forward))
 
 
-def test_accumulation_of_4_micro_batches_matches_one_4x_batch():
-  network = _bn_free_network()
+def test_accumulation_of_4_micro_batches_matches_one_4x_batch(conv_impl):
+  network = cpu_ops.lowered(_bn_free_network(), conv_impl)
   optimizer = byol.make_optimizer(HP)
   state = _init(network, optimizer, size=8)
   rng = _place(jax.random.PRNGKey(1))
@@ -160,9 +160,9 @@ def test_accumulation_of_4_micro_batches_matches_one_4x_batch():
 
 
 def test_micro_batches_must_split_the_per_device_batch():
-  assert train.check_devices(64, 4) == 8
+  assert parallel.check_devices(64, 4) == 8
   with pytest.raises(UserError, match=r"grad_accum_steps=3 micro-batches.*grad_accum_steps=2"):
-    train.check_devices(16, 3)  # 2 per device on 8 devices
+    parallel.check_devices(16, 3)  # 2 per device on 8 devices
 
 
 def test_accumulation_steps_must_be_positive():

@@ -14,8 +14,8 @@ from PIL import Image
 from tiny import REPO, read_metrics
 
 import byol_jax
-from byol_jax import checkpointing, config_base, evaluate, models, monitor, probes, train
-from byol_jax.data import device_augment, pipeline, sources
+from byol_jax import checkpointing, config_base, evaluate, models, monitor, probes, run_data, train
+from byol_jax.data import device_augment, pipeline, sources, subsets
 from byol_jax.errors import UserError
 
 
@@ -67,9 +67,9 @@ def test_pretraining_logs_knn_and_online_probe(pretrained):
 
 def test_knn_monitor_can_use_smaller_views_than_the_evaluation():
   config = tiny_config(**{"data.eval_image_size": 24, "data.eval_resize": 24})
-  assert monitor.from_config(config, train.make_source(config, "train")).image_size == 24
+  assert monitor.from_config(config, run_data.make_source(config, "train")).image_size == 24
   config.eval.knn_image_size = 8
-  small = monitor.from_config(config, train.make_source(config, "train"))
+  small = monitor.from_config(config, run_data.make_source(config, "train"))
   assert small.image_size == 8
   # Views are prepared once, at the monitor's size.
   assert {b["image"].shape[1:] for b in small.views("eval")} == {(8, 8, 3)}
@@ -82,7 +82,7 @@ def test_load_encoder_matches_the_training_network_and_the_knn_monitor(pretraine
   ckpt = checkpointing.Checkpointer(os.path.join(pretrained, "checkpoints"))
   state = ckpt.restore(train.initial_state(config, optimizer)._asdict())
   ckpt.close()
-  source = train.make_source(config, "test")
+  source = run_data.make_source(config, "test")
   batch = next(pipeline.eval_batches(source, batch_size=64, image_size=16, resize_size=16))
   net = train.build_network(config, axis_name=None)
   out, _ = net.apply(
@@ -100,7 +100,7 @@ def test_load_encoder_matches_the_training_network_and_the_knn_monitor(pretraine
   step_folder = byol_jax.load_encoder(os.path.join(pretrained, "checkpoints", "4"))
   np.testing.assert_allclose(step_folder(source.images / 255.0), features, rtol=1e-4, atol=1e-4)
   # The last kNN figure of the run, recomputed from load_encoder features.
-  train_source = train.make_source(config, "train")
+  train_source = run_data.make_source(config, "train")
   keep = sources.stratified_holdout(train_source.labels, 48, config.data.holdout_seed + 1)[1]
   acc = probes.knn_accuracy(
     enc(train_source.images[keep]), train_source.labels[keep], features, source.labels, 4, k=20
@@ -159,9 +159,9 @@ def test_finetune_on_a_label_subset(pretrained, tmp_path):
   assert results["test_examples"] == 64
   with open(tmp_path / "label_subset.json") as f:
     subset = json.load(f)
-  labels = train.make_source(config, "train").labels[subset["indices"]]
+  labels = run_data.make_source(config, "train").labels[subset["indices"]]
   assert np.bincount(labels).tolist() == [4, 4, 4, 4]  # stratified
-  chosen_again = evaluate.choose_label_subset(train.make_source(config, "train").labels, 0.25, 0)
+  chosen_again = subsets.choose_label_subset(run_data.make_source(config, "train").labels, 0.25, 0)
   assert chosen_again.tolist() == subset["indices"]  # deterministic in the seed
 
 
@@ -238,4 +238,4 @@ def test_configs_load_and_validate():
 def test_a_validation_split_must_hold_examples_and_leave_some(count):
   source = sources.array_source(np.zeros([8, 8, 8, 3], np.uint8), np.arange(8) % 2)
   with pytest.raises(UserError, match=f"Cannot hold out {count} of the 8"):
-    evaluate.split_off(source, config_base.get_base_config(), count, seed=0)
+    run_data.split_off(source, config_base.get_base_config(), count, seed=0)

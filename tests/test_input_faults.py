@@ -49,9 +49,9 @@ def _class_folder(root, classes: int, per_class: int, corrupt=None, ext: str = "
 # The command line, with the image folder deleted right after the start-up check (a mount gone).
 LOSE_THE_FOLDER = """
 import shutil, sys
-from byol_jax import main, train
+from byol_jax import main, run_data
 
-make_source = train.make_source
+make_source = run_data.make_source
 folder = sys.argv[1]
 
 def make_then_lose_the_folder(*args, **kwargs):
@@ -59,7 +59,7 @@ def make_then_lose_the_folder(*args, **kwargs):
   shutil.rmtree(folder)
   return source
 
-train.make_source = make_then_lose_the_folder
+run_data.make_source = make_then_lose_the_folder
 sys.argv = ["byol_jax.main", *sys.argv[2:]]
 main.entry_point()
 """

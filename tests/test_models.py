@@ -1,6 +1,5 @@
 """Encoders, heads and their parameter names, counts and shapes."""
 
-import haiku as hk
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -185,84 +184,3 @@ def test_stems_set_the_resolution():
     params, _ = _shapes(models.EncoderSpec("resnet18", small_image_stem=small), size=size)
     kernel = params["res_net18/~/initial_conv"]["w"].shape
     assert kernel == ((3, 3, 3, 64) if small else (7, 7, 3, 64))
-
-
-def _conv_reference(x, w, stride, padding):
-  return jax.lax.conv_general_dilated(
-    x, w, stride, padding, dimension_numbers=("NHWC", "HWIO", "NHWC")
-  )
-
-
-@pytest.mark.parametrize(
-  ("size", "kernel", "stride", "padding", "channels"),
-  [
-    (9, 3, 1, "SAME", 4),  # patches (im2col)
-    (4, 3, 2, "SAME", 4),  # per-tap products
-    (9, 3, 2, "SAME", 4),  # odd size, stride 2: SAME pads the extra pixel after
-    (8, 7, 2, "SAME", 4),  # the ImageNet stem
-    (8, 1, 2, "SAME", 4),  # projection shortcut
-    (7, 3, 1, "VALID", 4),
-    (8, 3, 1, ((2, 0), (1, 1)), 4),
-    (2, 3, 1, "SAME", 4),  # every pixel meets every pixel: one product with a matrix of taps
-    (1, 3, 1, "SAME", 4),
-    (3, 3, 1, "SAME", 4),  # mostly padding: one product per kernel tap
-    (2, 3, 2, "SAME", 4),
-    (9, 3, 2, "SAME", models.IM2COL_MIN_CHANNELS),  # im2col with all taps gathered at once
-  ],
-)
-def test_conv_as_matmul_equals_xla_convolution_and_its_gradients(
-  size, kernel, stride, padding, channels
-):
-  rng = np.random.default_rng(size * 10 + kernel)
-  x = jnp.asarray(rng.normal(size=(3, size, size, channels)), jnp.float32)
-  w = jnp.asarray(rng.normal(size=(kernel, kernel, channels, 5)), jnp.float32)
-  strides = (stride, stride)
-
-  def loss(conv):
-    return lambda x, w: jnp.sum(jnp.sin(conv(x, w, strides, padding)))
-
-  want = jax.value_and_grad(loss(_conv_reference), (0, 1))(x, w)
-  got = jax.value_and_grad(loss(models.conv2d_as_matmul), (0, 1))(x, w)
-  assert (
-    _conv_reference(x, w, strides, padding).shape
-    == models.conv2d_as_matmul(x, w, strides, padding).shape
-  )
-  for a, b in zip(jax.tree.leaves(got), jax.tree.leaves(want)):
-    np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-4)
-
-
-def test_conv_implementations_share_parameters_and_results():
-  spec = models.EncoderSpec("resnet18")
-  x = jnp.asarray(np.random.default_rng(0).normal(size=(16, 64, 64, 3)), jnp.float32)
-  outs = {}
-  for impl in models.CONV_IMPLS:
-    net = models.make_byol_network(spec, models.HeadSpec(64, 16, 64), conv_impl=impl)
-    params, state = net.init(jax.random.PRNGKey(0), x, True)
-    outs[impl] = (params, net.apply(params, state, x, True)[0])
-  p_xla, out_xla = outs["xla"]
-  for impl in ("matmul", "winograd"):
-    params, out = outs[impl]
-    assert jax.tree.structure(params) == jax.tree.structure(p_xla)
-    for a, b in zip(jax.tree.leaves(params), jax.tree.leaves(p_xla)):
-      np.testing.assert_array_equal(a, b)
-    for key in ("embedding", "projection", "prediction"):
-      np.testing.assert_allclose(out[key], out_xla[key], rtol=1e-4, atol=1e-4)
-  with pytest.raises(ValueError, match="conv_impl"):
-    models.make_byol_network(spec, models.HeadSpec(), conv_impl="fft").init(
-      jax.random.PRNGKey(0), x, True
-    )
-
-
-@pytest.mark.parametrize("size", [8, 9])
-def test_max_pool_same_equals_haiku(size):
-  x = jnp.asarray(np.random.default_rng(size).normal(size=(2, size, size, 3)), jnp.float32)
-  want = hk.max_pool(x, window_shape=(1, 3, 3, 1), strides=(1, 2, 2, 1), padding="SAME")
-  got = models.max_pool_same(x, window=3, stride=2)
-  np.testing.assert_array_equal(got, want)
-  # Random inputs have unique maxima, so the gradients agree too.
-  grad = lambda f: jax.grad(lambda x: jnp.sum(jnp.sin(f(x))))(x)  # noqa: E731
-  np.testing.assert_allclose(
-    grad(lambda x: models.max_pool_same(x, 3, 2)),
-    grad(lambda x: hk.max_pool(x, (1, 3, 3, 1), (1, 2, 2, 1), "SAME")),
-    rtol=1e-6,
-  )

@@ -11,7 +11,7 @@ import optax
 import pytest
 from tiny import read_metrics, tiny_config
 
-from byol_jax import byol, checkpointing, models, optimizers, parallel, train
+from byol_jax import byol, checkpointing, models, optimizers, parallel, run_data, train
 from byol_jax.data import pipeline
 from byol_jax.errors import UserError
 
@@ -64,7 +64,7 @@ def _reference(num_steps: int):
   its input pipeline. ``states[k]`` is the state after k updates, ``metrics[k]`` those of update
   k + 1."""
   config = tiny_config(**DIVERGING)
-  source = train.make_source(config, config.data.train_split)
+  source = run_data.make_source(config, config.data.train_split)
   hp = train.hparams(config, train.plan_run(config, source.num_examples))
   optimizer = byol.make_optimizer(hp)
   view1, view2 = train.view_params(config)

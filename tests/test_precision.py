@@ -1,5 +1,6 @@
 """bfloat16 mixed precision: what stays float32, what computes in bfloat16, and how close the
-losses of bfloat16 and float32 runs stay."""
+losses of bfloat16 and float32 runs stay, with XLA's convolutions (the GPU/TPU path) and the CPU
+lowering alike."""
 
 import functools
 
@@ -10,7 +11,15 @@ import numpy as np
 import pytest
 from tiny import tiny_config
 
-from byol_jax import byol, checkpointing, config_base, models, precision, train
+from byol_jax import (
+  byol,
+  config_base,
+  config_diff,
+  cpu_ops,
+  models,
+  precision,
+  train,
+)
 from byol_jax.errors import UserError
 
 ENC = models.EncoderSpec("tiny", small_image_stem=True)
@@ -31,10 +40,15 @@ def _dtypes(tree):
   return {str(x.dtype) for x in jax.tree.leaves(tree)}
 
 
+def _network(conv_impl):
+  return cpu_ops.lowered(models.make_byol_network(ENC, HEADS), conv_impl)
+
+
 @functools.cache
-def _step(dtype):
-  """The compiled update step of the tiny ResNet (XLA convolutions), its HLO and first state."""
-  network = precision.mixed_precision(models.make_byol_network(ENC, HEADS), dtype)
+def _step(dtype, conv_impl):
+  """The compiled update step of the tiny ResNet, its HLO and first state."""
+  # The lowering inside the precision interceptor, as train.build_network builds it.
+  network = precision.mixed_precision(_network(conv_impl), dtype)
   optimizer = byol.make_optimizer(HP)
   dummy = jnp.zeros((2, SIZE, SIZE, 3))
   state = jax.jit(lambda k: byol.init_state(network, optimizer, k, dummy))(jax.random.PRNGKey(0))
@@ -44,13 +58,15 @@ def _step(dtype):
   return lowered.compile(), lowered.as_text(), state
 
 
-def _convolutions(hlo):
-  return [line for line in hlo.splitlines() if "convolution(" in line]
+def _convolutions(hlo, conv_impl):
+  """The lines of the convolutions: XLA's, or the matrix products the CPU lowering makes them."""
+  op = "convolution(" if conv_impl == "xla" else "dot_general"
+  return [line for line in hlo.splitlines() if op in line]
 
 
-def test_bfloat16_step_convolves_in_bfloat16_and_keeps_float32_state():
-  update, hlo, state = _step("bfloat16")
-  convs = _convolutions(hlo)
+def test_bfloat16_step_convolves_in_bfloat16_and_keeps_float32_state(conv_impl):
+  update, hlo, state = _step("bfloat16", conv_impl)
+  convs = _convolutions(hlo, conv_impl)
   # Forward and backward convolutions: 16 at least (5 convolutions, 2 views, 3 passes each).
   assert len(convs) >= 16
   assert all("xbf16>" in line.rsplit("->", 1)[-1] for line in convs), convs[:3]
@@ -65,16 +81,16 @@ def test_bfloat16_step_convolves_in_bfloat16_and_keeps_float32_state():
   assert np.isfinite(metrics["loss"])
 
 
-def test_float32_step_has_no_bfloat16():
-  _, hlo, _ = _step("float32")
-  assert _convolutions(hlo)
+def test_float32_step_has_no_bfloat16(conv_impl):
+  _, hlo, _ = _step("float32", conv_impl)
+  assert _convolutions(hlo, conv_impl)
   assert "bf16" not in hlo
 
 
 def test_bfloat16_forward_is_close_to_float32():
   network = models.make_byol_network(ENC, HEADS)
   images = jnp.asarray(_batch(0)["view1"])
-  initial = _step("float32")[2]
+  initial = _step("float32", "xla")[2]
   params, state = initial.online_params, initial.online_state
   bf16 = precision.mixed_precision(network, jnp.bfloat16)
   (out32, state32), (out16, state16) = jax.jit(
@@ -125,9 +141,10 @@ def test_layers_see_bfloat16_and_batchnorm_sees_float32():
   assert _dtypes(new_state) == {"float32", "int32"}
 
 
-def test_bfloat16_and_float32_runs_agree_in_loss():
+def test_bfloat16_and_float32_runs_agree_in_loss(conv_impl):
   """8 steps of the tiny model in both precisions, from the same initial state and data."""
-  (update32, _, state32), (update16, _, state16) = _step("float32"), _step("bfloat16")
+  (update32, _, state32) = _step("float32", conv_impl)
+  (update16, _, state16) = _step("bfloat16", conv_impl)
   key = jax.random.PRNGKey(1)
   trajectory, same_state = [], []
   for step in range(STEPS):
@@ -146,10 +163,10 @@ def test_bfloat16_and_float32_runs_agree_in_loss():
   assert max(trajectory) < 0.1, trajectory
 
 
-def test_train_builds_the_network_in_the_configured_precision():
+def test_train_builds_the_network_in_the_configured_precision(conv_impl):
   images = jnp.zeros((2, SIZE, SIZE, 3))
   for dtype in ("float32", "bfloat16"):
-    config = tiny_config(**{"model.compute_dtype": dtype})
+    config = tiny_config(**{"model.compute_dtype": dtype, "model.conv_impl": conv_impl})
     assert train.compute_dtype(config) == jnp.dtype(dtype)
     network = train.build_network(config, None)
     params, state = jax.eval_shape(
@@ -177,10 +194,10 @@ def test_unknown_compute_dtype_is_a_one_line_error():
 
 def test_compute_dtype_is_not_part_of_the_architecture():
   saved = tiny_config(**{"model.compute_dtype": "float32"}).to_dict()
-  assert not checkpointing.architecture_mismatch(
+  assert not config_diff.architecture_mismatch(
     saved, tiny_config(**{"model.compute_dtype": "bfloat16"}).to_dict()
   )
-  assert checkpointing.architecture_mismatch(saved, tiny_config(**{"model.bn_eps": 1e-3}).to_dict())
+  assert config_diff.architecture_mismatch(saved, tiny_config(**{"model.bn_eps": 1e-3}).to_dict())
 
 
 def test_saved_configs_compare_as_json_gives_them_back():
@@ -190,8 +207,8 @@ def test_saved_configs_compare_as_json_gives_them_back():
   saved = json.loads(json.dumps(wanted))  # tuples come back as lists
   del saved["model"]["tiny_blocks"]  # a checkpoint written before the field existed
   defaults = config_base.get_base_config().to_dict()
-  assert not checkpointing.architecture_mismatch(saved, wanted, defaults)
+  assert not config_diff.architecture_mismatch(saved, wanted, defaults)
   other = tiny_config(**{"model.tiny_blocks": (0, 1, 1, 1)}).to_dict()
-  assert checkpointing.architecture_mismatch(saved, other, defaults) == [
+  assert config_diff.architecture_mismatch(saved, other, defaults) == [
     "model.tiny_blocks: checkpoint (1, 1, 1, 1) vs config (0, 1, 1, 1)"
   ]

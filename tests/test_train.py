@@ -27,9 +27,9 @@ def final_state(workdir, config, step=None):
 
 
 @functools.cache
-def uninterrupted(tmp_root):
-  workdir = os.path.join(tmp_root, "full")
-  train.pretrain(tiny_config(), workdir)
+def uninterrupted(tmp_root, conv_impl="auto"):
+  workdir = os.path.join(tmp_root, "full" if conv_impl == "auto" else f"full_{conv_impl}")
+  train.pretrain(tiny_config(**{"model.conv_impl": conv_impl}), workdir)
   return workdir
 
 
@@ -53,10 +53,14 @@ def test_pretraining_writes_checkpoints_metrics_and_tensorboard(tmp_root):
   assert saved["model"]["encoder"] == "tiny"
 
 
-def test_resumed_run_continues_exactly(tmp_root):
-  full = uninterrupted(tmp_root)
+# XLA's convolutions (the GPU/TPU path) and the CPU default (the lowering), whose uninterrupted run
+# the other tests share.
+@pytest.mark.parametrize("conv_impl", ["xla", "auto"])
+def test_resumed_run_continues_exactly(tmp_root, conv_impl):
+  config = tiny_config(**{"model.conv_impl": conv_impl})
+  full = uninterrupted(tmp_root, conv_impl)
   # A run killed right after its step-3 checkpoint: the same workdir without what came later.
-  workdir = os.path.join(tmp_root, "resumed")
+  workdir = os.path.join(tmp_root, f"resumed_{conv_impl}")
   shutil.copytree(full, workdir)
   shutil.rmtree(os.path.join(workdir, "checkpoints", "6"))
   shutil.rmtree(os.path.join(workdir, "tensorboard"))
@@ -65,11 +69,10 @@ def test_resumed_run_continues_exactly(tmp_root):
   with open(os.path.join(workdir, "metrics.jsonl"), "w") as f:
     # The kill also cut the step-4 record short in the middle of its write.
     f.writelines([*head, '{"step": 4, "loss": 0.'])
-  train.pretrain(tiny_config(), workdir)
+  train.pretrain(config, workdir)
   a, b = read_metrics(full), read_metrics(workdir)
   assert [r["step"] for r in b] == [1, 2, 3, 4, 5, 6]
   np.testing.assert_allclose([r["loss"] for r in a], [r["loss"] for r in b], rtol=1e-6)
-  config = tiny_config()
   sa, sb = final_state(full, config), final_state(workdir, config)
   jax.tree.map(lambda x, y: np.testing.assert_allclose(x, y, rtol=1e-6, atol=1e-7), sa, sb)
 

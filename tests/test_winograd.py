@@ -5,7 +5,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from byol_jax import models, winograd
+from byol_jax import cpu_ops
+from byol_jax.cpu_ops import conv_matmul, winograd
 
 
 def _reference(x, w):
@@ -85,16 +86,19 @@ def test_bfloat16_inputs_keep_their_dtype():
 def test_conv2d_as_matmul_uses_winograd_only_where_it_pays():
   def winograd_used(x_shape, w_shape, stride=(1, 1)):
     x, w = jnp.zeros(x_shape), jnp.zeros(w_shape)
-    fn = lambda x, w: models.conv2d_as_matmul(x, w, stride, "SAME", use_winograd=True)  # noqa: E731
+
+    def fn(x, w):
+      return conv_matmul.conv2d_as_matmul(x, w, stride, "SAME", use_winograd=True)
+
     # Winograd's input transform is the custom-gradient function winograd.input_tiles.
     return "name=input_tiles" in str(jax.make_jaxpr(fn)(x, w))
 
-  size, ch = models.WINOGRAD_MIN_SIZE, models.WINOGRAD_MIN_CHANNELS
+  size, ch = conv_matmul.WINOGRAD_MIN_SIZE, conv_matmul.WINOGRAD_MIN_CHANNELS
   assert winograd_used((2, size, size, ch), (3, 3, ch, 8))
   # Too small a map, too few channels, stride 2 or a 1x1 kernel: im2col or per-tap products.
   assert not winograd_used((2, size - 1, size - 1, ch), (3, 3, ch, 8))
   assert not winograd_used((2, size, size, ch - 1), (3, 3, ch - 1, 8))
   assert not winograd_used((2, 2 * size, 2 * size, ch), (3, 3, ch, 8), stride=(2, 2))
   assert not winograd_used((2, size, size, ch), (1, 1, ch, 8))
-  assert models.resolve_conv_impl("auto", "cpu") == "winograd"
-  assert models.resolve_conv_impl("auto", "gpu") == "xla"
+  assert cpu_ops.resolve_conv_impl("auto", "cpu") == "winograd"
+  assert cpu_ops.resolve_conv_impl("auto", "gpu") == "xla"

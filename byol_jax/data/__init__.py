@@ -22,6 +22,7 @@ _SUBMODULE = {
   "sources": "ArraySource DataSource FileSource SubsetSource TfdsSource array_source "
   "folder_source make_source stratified_holdout subset_source synthetic_images "
   "synthetic_source tfds_source",
+  "subsets": "EncodedSource choose_label_subset materialize_tfds_subset source_labels",
 }
 _HOME = {name: module for module, names in _SUBMODULE.items() for name in names.split()}
 

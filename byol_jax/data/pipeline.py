@@ -338,6 +338,104 @@ def _checked_batches(
     yield check(batch)
 
 
+def _example_fn(
+  seed: int,
+  image_size: int,
+  view1: AugmentParams,
+  view2: AugmentParams | None,
+  host_colour_ops: bool,
+):
+  """``make(position, example, encoded)``: the augmented training example of one position.
+
+  ``encoded``: ``example["image"]`` holds file bytes, decoded only where the crops need it.
+  Without ``view2`` it is one fully augmented view ``{"image", "label"}``.
+  """
+
+  def make(pos: tf.Tensor, example: dict[str, tf.Tensor], encoded: bool) -> dict[str, tf.Tensor]:
+    label = tf.cast(example["label"], tf.int32)
+    if view2 is None:
+      if encoded:
+        crop_seed, flip_seed, colour_seed = view_seeds(example_seed(seed, pos))
+        (crop,) = encoded_crops(example["image"], [crop_seed], [view1])
+        view = finish_view(crop, flip_seed, colour_seed, view1, image_size)
+      else:
+        view = augment_view(example["image"], example_seed(seed, pos), view1, image_size)
+      return {"image": view, "label": label}
+    views = two_views_encoded if encoded else two_views
+    v1, v2 = views(
+      example["image"], example_seed(seed, pos), view1, view2, image_size, host_colour_ops
+    )
+    return {"view1": v1, "view2": v2, "label": label}
+
+  return make
+
+
+def _random_access_inputs(source: DataSource, position, seed: int, make_example):
+  """(slots, load) of a random-access source: each position's shuffled index, read on load."""
+  n = source.num_examples
+  encoded = source.encoded_reads
+  read = source.read_encoded if encoded else source.read
+
+  def slot(k: tf.Tensor) -> dict[str, tf.Tensor]:
+    pos = position(k)
+    return {"position": pos, "index": shuffled_index(seed, pos, n)}
+
+  def load(x: dict[str, tf.Tensor]) -> dict[str, tf.Tensor]:
+    return make_example(x["position"], read(x["index"]), encoded)
+
+  return tf.data.Dataset.counter(0).map(slot), load
+
+
+def _tfds_inputs(
+  source: DataSource,
+  position,
+  make_example,
+  *,
+  seed: int,
+  start_step: int,
+  batch: int,
+  process_index: int,
+  process_count: int,
+  shuffle_buffer: int,
+):
+  """(slots, load) of a TFDS split read in order: this process's shard, reshuffled each epoch
+  by a buffer, resumed by skipping the records of the steps done."""
+  if not isinstance(source, TfdsSource):
+    raise TypeError(f"Unsupported sequential source {type(source).__name__}.")
+  n_local = source.shard_size(process_index, process_count)
+  if n_local <= 0:
+    raise UserError(
+      f"Process {process_index} of {process_count} gets no examples of {source.name}: "
+      "use fewer processes or a larger split."
+    )
+  start_epoch, skip = divmod(start_step * batch, n_local)
+  records = source.records(process_index, process_count)
+  base = tf.constant([seed, _SHUFFLE_TAG + 1 + process_index], tf.int64)
+
+  def epoch_records(epoch: tf.Tensor) -> tf.data.Dataset:
+    epoch_seed = tf.random.experimental.stateless_fold_in(base, epoch)
+    shuffle_seed = tf.random.stateless_uniform(
+      [], epoch_seed, minval=None, maxval=None, dtype=tf.int64
+    )
+    return records.shuffle(
+      max(1, min(shuffle_buffer, n_local)), seed=shuffle_seed, reshuffle_each_iteration=False
+    )
+
+  def load(x: dict[str, tf.Tensor]) -> dict[str, tf.Tensor]:
+    return make_example(x["position"], x["record"], encoded=True)
+
+  stream = tf.data.Dataset.counter(start_epoch).flat_map(epoch_records).skip(skip)
+  # TFDS records have no file name: index -1.
+  slots = tf.data.Dataset.zip(tf.data.Dataset.counter(0), stream).map(
+    lambda k, record: {
+      "position": position(k),
+      "index": tf.constant(-1, tf.int64),
+      "record": record,
+    }
+  )
+  return slots, load
+
+
 def pretrain_dataset(
   source: DataSource,
   *,
@@ -371,72 +469,20 @@ def pretrain_dataset(
     step = start_step + k // batch
     return step * global_batch_size + first_slot + k % batch
 
-  def make_example(
-    pos: tf.Tensor, example: dict[str, tf.Tensor], encoded: bool
-  ) -> dict[str, tf.Tensor]:
-    # encoded: example["image"] holds file bytes, decoded here only where the crops need it.
-    label = tf.cast(example["label"], tf.int32)
-    if view2 is None:
-      if encoded:
-        crop_seed, flip_seed, colour_seed = view_seeds(example_seed(seed, pos))
-        (crop,) = encoded_crops(example["image"], [crop_seed], [view1])
-        view = finish_view(crop, flip_seed, colour_seed, view1, image_size)
-      else:
-        view = augment_view(example["image"], example_seed(seed, pos), view1, image_size)
-      return {"image": view, "label": label}
-    views = two_views_encoded if encoded else two_views
-    v1, v2 = views(
-      example["image"], example_seed(seed, pos), view1, view2, image_size, host_colour_ops
-    )
-    return {"view1": v1, "view2": v2, "label": label}
-
+  make_example = _example_fn(seed, image_size, view1, view2, host_colour_ops)
   if source.random_access:
-    n = source.num_examples
-    encoded = source.encoded_reads
-    read = source.read_encoded if encoded else source.read
-
-    def slot(k: tf.Tensor) -> dict[str, tf.Tensor]:
-      pos = position(k)
-      return {"position": pos, "index": shuffled_index(seed, pos, n)}
-
-    def load(x: dict[str, tf.Tensor]) -> dict[str, tf.Tensor]:
-      return make_example(x["position"], read(x["index"]), encoded)
-
-    inputs = tf.data.Dataset.counter(0).map(slot)
+    inputs, load = _random_access_inputs(source, position, seed, make_example)
   else:
-    if not isinstance(source, TfdsSource):
-      raise TypeError(f"Unsupported sequential source {type(source).__name__}.")
-    n_local = source.shard_size(process_index, process_count)
-    if n_local <= 0:
-      raise UserError(
-        f"Process {process_index} of {process_count} gets no examples of {source.name}: "
-        "use fewer processes or a larger split."
-      )
-    consumed = start_step * batch
-    start_epoch, skip = divmod(consumed, n_local)
-    records = source.records(process_index, process_count)
-    base = tf.constant([seed, _SHUFFLE_TAG + 1 + process_index], tf.int64)
-
-    def epoch_records(epoch: tf.Tensor) -> tf.data.Dataset:
-      epoch_seed = tf.random.experimental.stateless_fold_in(base, epoch)
-      shuffle_seed = tf.random.stateless_uniform(
-        [], epoch_seed, minval=None, maxval=None, dtype=tf.int64
-      )
-      return records.shuffle(
-        max(1, min(shuffle_buffer, n_local)), seed=shuffle_seed, reshuffle_each_iteration=False
-      )
-
-    def load(x: dict[str, tf.Tensor]) -> dict[str, tf.Tensor]:
-      return make_example(x["position"], x["record"], encoded=True)
-
-    stream = tf.data.Dataset.counter(start_epoch).flat_map(epoch_records).skip(skip)
-    # TFDS records have no file name: index -1.
-    inputs = tf.data.Dataset.zip(tf.data.Dataset.counter(0), stream).map(
-      lambda k, record: {
-        "position": position(k),
-        "index": tf.constant(-1, tf.int64),
-        "record": record,
-      }
+    inputs, load = _tfds_inputs(
+      source,
+      position,
+      make_example,
+      seed=seed,
+      start_step=start_step,
+      batch=batch,
+      process_index=process_index,
+      process_count=process_count,
+      shuffle_buffer=shuffle_buffer,
     )
   # One example per position, whatever fails to decode: batches stay aligned with positions.
   ds = _load_batches(inputs.batch(batch), load, max_rows=batch, substitute=True)

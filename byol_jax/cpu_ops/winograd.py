@@ -8,12 +8,13 @@ independent matrix products over channels, one per position of the 4x4 domain, a
 outputs and channel pair, this one 16 times; the transforms are additions (and halvings of the
 kernel), exact up to float rounding (relative error ~1e-7 in float32).
 
-On XLA:CPU the 16 products run near matmul speed and, unlike im2col patches (9x the input),
-the tiles are only 4x the input, so forward and backward passes of a ResNet's 3x3 layers are
-faster this way on feature maps of 4x4 and larger with enough channels (see
-:func:`byol_jax.models.conv2d_as_matmul`, which picks it). The image transforms have custom
-gradients that XLA:CPU runs as a few large passes rather than per-element selections among
-strided slices: the input transform's transpose is one product with the transposed 16x16
+Part of the CPU lowering (:mod:`byol_jax.cpu_ops`, ``config.model.conv_impl="winograd"``). On
+XLA:CPU the 16 products run near matmul speed and, unlike im2col patches (9x the input), the
+tiles are only 4x the input, so forward and backward passes of a ResNet's 3x3 layers are faster
+this way on feature maps of 4x4 and larger with enough channels (see
+:func:`byol_jax.cpu_ops.conv_matmul.conv2d_as_matmul`, which picks it). The image transforms
+have custom gradients that XLA:CPU runs as a few large passes rather than per-element selections
+among strided slices: the input transform's transpose is one product with the transposed 16x16
 transform, then adds the overlapping tiles back by phase (even and odd rows and columns), with
 no strided scatter; the output transform's is one product with the transposed 16x4 transform
 over the image's four phases. The kernel transform and its transpose are additions and halvings.
