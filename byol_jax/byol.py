@@ -284,8 +284,8 @@ def make_update_fn(
   micro-batches, then the optimiser and the target EMA are updated once. BatchNorm normalises
   each micro-batch with that micro-batch's statistics (over all devices: micro-batch i of every
   device together), and its moving averages, online and target, are updated once per micro-batch
-  in sequence, i.e. k times per step. Without BatchNorm, k micro-batches give the update of one
-  k-times larger batch.
+  in sequence, i.e. k times per step. Without BatchNorm (``normalization="group_ws"``: no state
+  at all), k micro-batches give the update of one k-times larger batch.
 
   Args:
     network: from :func:`byol_jax.models.make_byol_network` (optionally wrapped by

@@ -60,6 +60,8 @@ OPTIMIZERS = ("lars", "sgd", "adamw")  # see config.optim.optimizer
 HOST_MEMORY_POLICIES = ("auto", "on", "off")  # see config.host_memory
 COMPUTE_DTYPES = ("float32", "bfloat16", "auto")  # see config.model.compute_dtype
 CONV_IMPLS = ("auto", "winograd", "matmul", "xla")  # see config.model.conv_impl
+NORMALIZATIONS = ("batch", "group_ws")  # see config.model.normalization
+RESNET_LAYOUTS = ("torchvision", "original")  # see config.model.resnet_layout
 PRNG_IMPLS = ("rbg", "threefry2x32", "unsafe_rbg")  # see config.prng_impl (JAX's names)
 
 
@@ -114,12 +116,36 @@ def get_base_config() -> ml_collections.ConfigDict:
   c.model.projector_hidden = 4096
   c.model.projector_output = 256
   c.model.predictor_hidden = 4096
-  c.model.bn_decay = 0.9
-  c.model.bn_eps = 1e-5
+  # "batch": BatchNorm, as in BYOL (Grill et al. 2020) and every result and checkpoint so far.
+  # "group_ws": no batch statistics anywhere, after "BYOL works even without batch statistics"
+  # (Richemond et al. 2020, arXiv 2010.10241: GN + WS, 73.9% linear top-1 with ResNet-50 against
+  # 74.3% with BN). Every convolution standardises its kernel per output channel (weight
+  # standardisation, Qiao et al. 2019: (w - mean) / sqrt(var + 1e-10) over the kernel's height,
+  # width and input channels, with BiT's 1e-10 as eps) and every BatchNorm becomes a GroupNorm
+  # (Wu & He 2018; its eps is model.bn_eps), in the encoder and in the projector and predictor,
+  # whose hidden layer is Linear -> GroupNorm -> ReLU. Not found in the paper's text within
+  # reach and chosen here: 16 groups (gcd(16, C) where C channels are fewer or not a multiple),
+  # GroupNorm in the heads and no WS on their linear layers, and the BN path's initialisation
+  # (GroupNorm scale 1, offset 0, the last scale of bottleneck blocks 0; Haiku's fan-in
+  # truncated normal kernels). No moving averages: the network has no state, so
+  # optim.grad_accum_steps=k gives exactly the update of one k-times larger batch. See
+  # configs/byol_r50_gnws.py for the ImageNet preset.
+  c.model.normalization = "batch"
+  c.model.bn_decay = 0.9  # BatchNorm only
+  c.model.bn_eps = 1e-5  # BatchNorm and GroupNorm
+  # Projection shortcuts of ResNet-18/34 (and "tiny"): "torchvision" has one only where a block
+  # changes the shape; "original" has one in the first block of every stage, as the original
+  # BYOL code (deepmind-research byol/utils/networks.py: use_projection=(True,) * 4), so its
+  # ResNet-18/34 checkpoints import. Bottleneck ResNets have one there either way.
+  c.model.resnet_layout = "torchvision"
+  # Recompute each residual block's activations in the backward pass (jax.checkpoint) instead
+  # of keeping them: less memory, about one more forward pass of compute; the same parameters
+  # and update. A run may resume with another value.
+  c.model.remat = False
   # Dtype of convolutions and matrix products: "float32", "bfloat16" or "auto" (bfloat16 on
-  # GPU/TPU, float32 on CPU). Parameters, BatchNorm statistics, the loss and the optimiser state
-  # stay float32 either way; changing it does not change the architecture (a run may resume with
-  # another value).
+  # GPU/TPU, float32 on CPU). Parameters, BatchNorm and GroupNorm statistics, the weight
+  # standardisation, the loss and the optimiser state stay float32 either way; changing it does
+  # not change the architecture (a run may resume with another value).
   c.model.compute_dtype = "auto"
   # How convolutions compute: "matmul" (patches x kernel, several times faster on XLA:CPU),
   # "winograd" (the same, with Winograd F(2x2, 3x3) for the 3x3 layers where it is faster), "xla"
@@ -407,6 +433,8 @@ def _validate_model(config: ml_collections.ConfigDict) -> None:
   _one_of(config, "model.encoder", allowed)
   _one_of(config, "model.conv_impl", CONV_IMPLS)
   _one_of(config, "model.compute_dtype", COMPUTE_DTYPES)
+  _one_of(config, "model.normalization", NORMALIZATIONS)
+  _one_of(config, "model.resnet_layout", RESNET_LAYOUTS)
   _int_at_least(config, "model.width_multiplier", 1)
   blocks = tuple(config.model.tiny_blocks)
   if not (len(blocks) == 4 and all(_is_int(b) and b >= 0 for b in blocks) and any(blocks)):

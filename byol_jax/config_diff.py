@@ -23,8 +23,8 @@ def flat_dict(tree: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
 
 
 # ``model.*`` fields that change how the network computes but not its parameters: a run may resume
-# with other values (e.g. bfloat16 compute on a GPU after float32 on a CPU).
-NON_ARCHITECTURE_FIELDS = ("model.compute_dtype", "model.conv_impl")
+# with other values (e.g. bfloat16 compute on a GPU after float32 on a CPU, or with remat).
+NON_ARCHITECTURE_FIELDS = ("model.compute_dtype", "model.conv_impl", "model.remat")
 
 
 def architecture_mismatch(

@@ -31,7 +31,8 @@ from byol_jax.errors import UserError
 
 @dataclasses.dataclass
 class EncoderWeights:
-  """An encoder's architecture, parameters and BatchNorm state, with the run's saved config."""
+  """An encoder's architecture, parameters and BatchNorm state (empty for GroupNorm), with the
+  run's saved config."""
 
   spec: models.EncoderSpec
   params: hk.Params
@@ -63,6 +64,9 @@ def spec_from_config(model: Mapping[str, Any]) -> models.EncoderSpec:
     small_image_stem=bool(model["small_image_stem"]),
     tiny_blocks=stages("tiny_blocks", config_base.TINY_BLOCKS),
     tiny_channels=stages("tiny_channels", config_base.TINY_CHANNELS),
+    # Configs saved before these fields existed are BatchNorm, torchvision-layout runs.
+    normalization=str(model.get("normalization", "batch")),
+    resnet_layout=str(model.get("resnet_layout", "torchvision")),
   )
 
 
@@ -78,7 +82,9 @@ def _describe(spec: models.EncoderSpec) -> str:
   channels = (
     f", channels {spec.tiny_channels}" if spec.tiny_channels != config_base.TINY_CHANNELS else ""
   )
-  return f"{spec.name} x{spec.width_multiplier}{stem}{blocks}{channels}"
+  norm = ", GroupNorm + weight standardisation" if spec.normalization == "group_ws" else ""
+  layout = ", original layout" if spec.resnet_layout == "original" else ""
+  return f"{spec.name} x{spec.width_multiplier}{stem}{blocks}{channels}{norm}{layout}"
 
 
 def check_architecture(spec: models.EncoderSpec, model: Mapping[str, Any], where: str) -> None:
@@ -211,12 +217,16 @@ def encoder_network(
   bn_eps: float = 1e-5,
   axis_name: str | None = None,
   conv_impl: str = "auto",
+  remat: bool = False,
 ) -> hk.TransformedWithState:
   """:func:`byol_jax.models.make_encoder_network`, computing as ``conv_impl`` says.
 
-  ``conv_impl`` as ``config.model.conv_impl`` ("auto": the fastest on the default backend).
+  ``conv_impl`` as ``config.model.conv_impl`` ("auto": the fastest on the default backend),
+  ``remat`` as ``config.model.remat``.
   """
-  network = models.make_encoder_network(spec, bn_decay=bn_decay, bn_eps=bn_eps, axis_name=axis_name)
+  network = models.make_encoder_network(
+    spec, bn_decay=bn_decay, bn_eps=bn_eps, axis_name=axis_name, remat=remat
+  )
   return cpu_ops.lowered(network, cpu_ops.resolve_conv_impl(conv_impl, jax.default_backend()))
 
 
@@ -227,7 +237,8 @@ def encode_fn(
   bn_eps: float = 1e-5,
   conv_impl: str = "auto",
 ) -> Callable[[hk.Params, hk.State, jax.Array], jax.Array]:
-  """``f(params, state, images) -> features``: images in [0, 1] (or uint8), inference-mode BN.
+  """``f(params, state, images) -> features``: images in [0, 1] (or uint8), inference-mode BN
+  (GroupNorm computes the same in training and inference).
 
   Pure and unmapped: ``jax.jit`` or ``jax.pmap`` it. Applies the model's normalisation.
   ``conv_impl`` as in :func:`encoder_network`.

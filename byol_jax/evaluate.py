@@ -427,6 +427,7 @@ def finetune(config: ml_collections.ConfigDict, workdir: str) -> dict:
     bn_eps=weights.bn_eps,
     axis_name=parallel.AXIS,
     conv_impl=config.model.conv_impl,
+    remat=config.model.remat,
   )
   p_encode = _pmapped_encode(weights, config.model.conv_impl)
   total = _num_steps(config, train_src.num_examples)

@@ -5,10 +5,11 @@ Import. The original code released ``pretrain_res50x1.pkl`` and friends: a (dill
 opt_state)>, step, rng)`` with Haiku parameter trees of numpy arrays. Its module names are those of
 ``byol_jax.models`` (``res_net50/~/block_group_0/~/block_0/~/conv_0``, BN state ``.../~/mean_ema``
 with ``average``/``hidden``/``counter``), so the mapping is by name, checked against the expected
-shapes. :func:`import_original` writes the weights as a byol_jax checkpoint (with a config naming
-the architecture), which ``load_encoder``, linear evaluation and fine-tuning then read. It refuses
-a workdir whose ``checkpoints`` folder holds anything, so that no user checkpoint is ever replaced
-or rotated out. The pickle loads without dill or the original code: dill's helpers are
+shapes (the original code's ResNet-18/34, with a projection shortcut in every stage's first
+block, read as ``model.resnet_layout="original"``). :func:`import_original` writes the weights as
+a byol_jax checkpoint (with a config naming the architecture), which ``load_encoder``, linear
+evaluation and fine-tuning then read. It refuses a workdir whose ``checkpoints`` folder holds
+anything, so that no user checkpoint is ever replaced or rotated out. The pickle loads without dill or the original code: dill's helpers are
 re-implemented here, and classes that cannot be imported become plain tuples or dicts.
 
 Export. :func:`torch_state_dict` maps a standard-stem ResNet-18/34/50/101/152 (width 1) onto
@@ -16,10 +17,16 @@ torchvision's ``resnet*`` keys (``conv1``, ``bn1``, ``layer1.0.conv1``, ``layer1
 ...), without ``fc``: load it into ``torchvision.models.resnet50()`` after ``model.fc =
 torch.nn.Identity()`` to get the 2048-d representation (a small-image-stem encoder also needs
 ``model.conv1 = torch.nn.Conv2d(3, 64, 3, 1, 1, bias=False)`` and ``model.maxpool =
-torch.nn.Identity()``). On even input sizes Haiku's 'SAME' padding of stride-2 layers pads
-(top/left, bottom/right) = (2, 3) for the 7x7 stem and (0, 1) for 3x3 convolutions and the
-max-pool, where torchvision pads (3, 3) and (1, 1); weights cannot absorb that one-pixel shift
-(ignoring it cost users of the original checkpoints about 4 points).
+torch.nn.Identity()``). A GroupNorm + weight standardisation encoder (``model.normalization=
+"group_ws"``) exports its standardised kernels for plain ``Conv2d`` layers and its GroupNorms
+under the same keys: build the model with ``torchvision.models.resnet50(norm_layer=
+torch_group_norm(eps))``. Only the torchvision layout exports; an encoder of the original code's
+ResNet-18/34 layout (``model.resnet_layout="original"``) is refused.
+
+On even input sizes Haiku's 'SAME' padding of stride-2 layers pads (top/left, bottom/right) =
+(2, 3) for the 7x7 stem and (0, 1) for 3x3 convolutions and the max-pool, where torchvision pads
+(3, 3) and (1, 1); weights cannot absorb that one-pixel shift (ignoring it cost users of the
+original checkpoints about 4 points).
 :func:`use_same_padding` therefore patches a torchvision-layout model in place: every stride-2
 convolution and the stem max-pool compute TensorFlow's 'SAME' padding from the input size and
 pad explicitly in a forward pre-hook. The state dict's keys and shapes are unchanged, so it works
@@ -180,8 +187,12 @@ def infer_spec(params: Mapping[str, Any]) -> models.EncoderSpec:
   kernel = np.shape(params[f"{root}/~/initial_conv"]["w"])
   stem = kernel[3]
   small_image_stem = kernel[0] == 3
+  norm = "group_ws" if f"{root}/~/initial_group_norm" in params else "batch"
+  layout = _layout(params, root, stem)
   if name != "tiny":
-    return models.EncoderSpec(name, max(1, stem // 64), small_image_stem)
+    return models.EncoderSpec(
+      name, max(1, stem // 64), small_image_stem, normalization=norm, resnet_layout=layout
+    )
   blocks = [0] * 4
   widths = [0] * 4  # output channels of each stage present
   for key in params:
@@ -200,8 +211,23 @@ def infer_spec(params: Mapping[str, Any]) -> models.EncoderSpec:
     if not width:  # a stage left out: only the first's width shows, in the stem
       channels[i] = stem // multiplier if i == 0 else config_base.TINY_CHANNELS[i]
   return models.EncoderSpec(
-    name, multiplier, small_image_stem, tiny_blocks=tuple(blocks), tiny_channels=tuple(channels)
+    name,
+    multiplier,
+    small_image_stem,
+    tiny_blocks=tuple(blocks),
+    tiny_channels=tuple(channels),
+    normalization=norm,
+    resnet_layout=layout,
   )
+
+
+def _layout(params: Mapping[str, Any], root: str, stem: int) -> str:
+  """ "original" where the first stage's first block has a projection shortcut that keeps the
+  stem's width (only the original code's ResNet-18/34 layout has one there), else
+  "torchvision"."""
+  shortcut = params.get(f"{root}/~/block_group_0/~/block_0/~/shortcut_conv")
+  keeps_width = shortcut is not None and np.shape(shortcut["w"])[3] == stem
+  return "original" if keeps_width else "torchvision"
 
 
 def _head_sizes(params: Mapping[str, Any]) -> dict[str, int]:
@@ -265,6 +291,8 @@ def import_original(
   config.model.small_image_stem = spec.small_image_stem
   config.model.tiny_blocks = spec.tiny_blocks
   config.model.tiny_channels = spec.tiny_channels
+  config.model.normalization = spec.normalization
+  config.model.resnet_layout = spec.resnet_layout
   for key, value in _head_sizes(online_params).items():
     config.model[key] = value
   state = dict(
@@ -301,19 +329,32 @@ def torch_state_dict(
   """torchvision ``resnet*`` state dict (numpy arrays, no ``fc``) of a byol_jax encoder.
 
   Convolutions go from HWIO to OIHW; BatchNorm scale/offset/moving mean/var to weight/bias/
-  running_mean/running_var, with ``num_batches_tracked`` from the moving-average counter.
+  running_mean/running_var, with ``num_batches_tracked`` from the moving-average counter. A
+  GroupNorm + WS encoder exports its kernels standardised (torch has no WS convolution, and the
+  standardised kernel is what the convolution computes with) and its GroupNorm scale/offset as
+  weight/bias, for a torchvision ResNet built with ``norm_layer=torch_group_norm(eps)``. Only
+  the torchvision layout exports (the original layout's extra shortcut has no torchvision key).
   """
   if spec.name not in _TORCH_DEPTHS or spec.width_multiplier != 1:
     raise UserError(
       f"torchvision has no {spec.name} x{spec.width_multiplier}: export supports width-1 "
       f"{', '.join(_TORCH_DEPTHS)}."
     )
+  if spec.resnet_layout != "torchvision":
+    raise UserError(
+      f"This {spec.name} has the original code's layout (a projection shortcut in the first "
+      "block of every stage), which torchvision's resnet has no keys for: export supports "
+      "model.resnet_layout='torchvision' encoders."
+    )
   root = models.encoder_module_name(spec)
   blocks, bottleneck = models.RESNET_DEPTHS[spec.name]
+  group_ws = spec.normalization == "group_ws"
   out: dict[str, np.ndarray] = {}
 
   def conv(src: str, dst: str) -> None:
     w = np.asarray(params[f"{root}/~/{src}"]["w"])
+    if group_ws:
+      w = np.asarray(models.standardize_kernel(w))  # as the convolution computes it
     out[f"{dst}.weight"] = np.ascontiguousarray(w.transpose(3, 2, 0, 1))
 
   def bn(src: str, dst: str) -> None:
@@ -325,8 +366,19 @@ def torch_state_dict(
     out[f"{dst}.running_var"] = np.asarray(v["average"]).reshape(-1)
     out[f"{dst}.num_batches_tracked"] = np.asarray(s["counter"], np.int64).reshape(())
 
+  def gn(src: str, dst: str) -> None:
+    p = params[f"{root}/~/{src}"]
+    out[f"{dst}.weight"] = np.asarray(p["scale"]).reshape(-1)
+    out[f"{dst}.bias"] = np.asarray(p["offset"]).reshape(-1)
+
+  def norm(src: str, dst: str) -> None:
+    if group_ws:
+      gn(src.replace("batchnorm", "group_norm"), dst)
+    else:
+      bn(src, dst)
+
   conv("initial_conv", "conv1")
-  bn("initial_batchnorm", "bn1")
+  norm("initial_batchnorm", "bn1")
   convs = 3 if bottleneck else 2
   for g, n in enumerate(blocks):
     for b in range(n):
@@ -334,11 +386,22 @@ def torch_state_dict(
       dst = f"layer{g + 1}.{b}."
       for i in range(convs):
         conv(src + f"conv_{i}", dst + f"conv{i + 1}")
-        bn(src + f"batchnorm_{i}", dst + f"bn{i + 1}")
+        norm(src + f"batchnorm_{i}", dst + f"bn{i + 1}")
       if f"{root}/~/{src}shortcut_conv" in params:
         conv(src + "shortcut_conv", dst + "downsample.0")
-        bn(src + "shortcut_batchnorm", dst + "downsample.1")
+        norm(src + "shortcut_batchnorm", dst + "downsample.1")
   return out
+
+
+def torch_group_norm(eps: float = 1e-5) -> Any:
+  """``norm_layer`` for torchvision's ResNets that matches a GroupNorm + WS encoder's GroupNorm:
+  ``channels -> torch.nn.GroupNorm(models.group_count(channels), channels, eps)``."""
+  import torch
+
+  def make(channels: int) -> Any:
+    return torch.nn.GroupNorm(models.group_count(channels), channels, eps=eps)
+
+  return make
 
 
 def use_same_padding(model: Any) -> Any:
@@ -390,9 +453,12 @@ def export_torch(checkpoint: str, output: str) -> str:
   )
   os.makedirs(os.path.dirname(os.path.abspath(output)), exist_ok=True)
   torch.save(state_dict, output)
+  norm = ""
+  if weights.spec.normalization == "group_ws":
+    norm = f"norm_layer=byol_jax.interop.torch_group_norm({weights.bn_eps:g})"
   print(
     f"Wrote the {weights.spec.name} encoder of {weights.source} to {output}: load it into "
-    f"torchvision.models.{weights.spec.name}() with fc = torch.nn.Identity(), then apply "
+    f"torchvision.models.{weights.spec.name}({norm}) with fc = torch.nn.Identity(), then apply "
     "byol_jax.interop.use_same_padding(model) for Haiku's padding.",
     flush=True,
   )

@@ -4,12 +4,20 @@ Module and parameter names follow the original BYOL code (``res_net50/~/initial_
 ``block_group_0/~/block_0/~/conv_0``, ``projector/linear``...), so its released checkpoints map onto
 these networks by name. The models know nothing of data or devices: the only link to the device
 layout is the optional name of the axis over which BatchNorm averages its statistics.
+
+``EncoderSpec.normalization = "group_ws"`` builds the same networks without batch statistics, as
+in "BYOL works even without batch statistics" (Richemond et al. 2020): weight-standardised
+convolutions (:class:`WSConv2D`, the same ``w`` parameter as ``hk.Conv2D``) followed by
+``hk.GroupNorm`` wherever the BatchNorm path has a BatchNorm (``initial_group_norm``,
+``group_norm_0``, ``shortcut_group_norm``, ``projector/group_norm``...). See
+``config_base`` (``model.normalization``) for the choices and their sources.
 """
 
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Mapping, Sequence
+import math
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import haiku as hk
@@ -29,6 +37,10 @@ RESNET_DEPTHS: dict[str, tuple[tuple[int, ...], bool]] = {
 }
 _BASIC_CHANNELS = (64, 128, 256, 512)
 _BOTTLENECK_CHANNELS = (256, 512, 1024, 2048)
+# GroupNorm's groups (gcd(GN_GROUPS, C) for C channels) and the weight standardisation's eps
+# (BiT's; the kernels' own variance, ~1/fan-in, is as small as 2e-4): see config_base.
+GN_GROUPS = 16
+WS_EPS = 1e-10
 
 
 @dataclasses.dataclass(frozen=True)
@@ -43,6 +55,11 @@ class EncoderSpec:
   # stride with it.
   tiny_blocks: tuple[int, ...] = config_base.TINY_BLOCKS
   tiny_channels: tuple[int, ...] = config_base.TINY_CHANNELS
+  # "batch" or "group_ws" (GroupNorm + weight standardisation), for the encoder and the heads.
+  normalization: str = "batch"
+  # "torchvision": projection shortcuts only where a block changes the shape; "original": in the
+  # first block of every stage, as the original code's ResNet-18/34.
+  resnet_layout: str = "torchvision"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -54,13 +71,127 @@ class HeadSpec:
   predictor_hidden: int = 4096
 
 
+def group_count(channels: int) -> int:
+  """GroupNorm's number of groups for ``channels`` channels: :data:`GN_GROUPS` where it divides."""
+  return math.gcd(GN_GROUPS, channels)
+
+
+def standardize_kernel(w: jax.Array, eps: float = WS_EPS) -> jax.Array:
+  """Weight standardisation: each output channel's kernel (the last axis) to mean 0, variance 1
+  over all its other axes, computed in at least float32."""
+  w = w.astype(jnp.promote_types(w.dtype, jnp.float32))
+  axes = tuple(range(w.ndim - 1))
+  w = w - jnp.mean(w, axis=axes, keepdims=True)
+  return w * jax.lax.rsqrt(jnp.mean(jnp.square(w), axis=axes, keepdims=True) + eps)
+
+
+class WSConv2D(hk.Conv2D):
+  """``hk.Conv2D`` computing with its kernel weight-standardised (:func:`standardize_kernel`).
+
+  The parameter is ``hk.Conv2D``'s own ``w``, standardised where the convolution reads it (a
+  custom getter), so the convolution itself stays Haiku's and whatever computes Haiku's
+  convolutions (XLA, ``byol_jax.cpu_ops``) computes this one with the standardised kernel.
+  """
+
+  def __call__(self, inputs: jax.Array, **kwargs) -> jax.Array:
+    def standardized(next_getter: Callable, value: jax.Array, context: hk.GetterContext):
+      if context.module is self and context.name == "w":
+        value = standardize_kernel(value)
+      return next_getter(value)
+
+    with hk.custom_getter(standardized):
+      return super().__call__(inputs, **kwargs)
+
+
+class GroupWSBlock(hk.Module):
+  """Haiku's ResNet v1 block (``hk.nets.ResNet.BlockV1``) with weight-standardised convolutions
+  and GroupNorm: the same convolutions, names and zero-initialised last scale of bottleneck
+  blocks, ``group_norm_i`` for ``batchnorm_i``."""
+
+  def __init__(
+    self,
+    channels: int,
+    stride: int,
+    use_projection: bool,
+    bottleneck: bool,
+    eps: float,
+    name: str | None = None,
+  ):
+    super().__init__(name=name)
+    self._shortcut = None
+    if use_projection:
+      self._shortcut = (
+        WSConv2D(channels, 1, stride=stride, with_bias=False, name="shortcut_conv"),
+        hk.GroupNorm(group_count(channels), eps=eps, name="shortcut_group_norm"),
+      )
+    if bottleneck:  # (output channels, kernel, stride) of each convolution, as in BlockV1
+      shapes = [(channels // 4, 1, 1), (channels // 4, 3, stride), (channels, 1, 1)]
+    else:
+      shapes = [(channels, 3, stride), (channels, 3, 1)]
+    self._layers = []
+    for i, (out, kernel, s) in enumerate(shapes):
+      zero = bottleneck and i == 2
+      self._layers.append(
+        (
+          WSConv2D(out, kernel, stride=s, with_bias=False, name=f"conv_{i}"),
+          hk.GroupNorm(
+            group_count(out),
+            eps=eps,
+            scale_init=jnp.zeros if zero else None,
+            name=f"group_norm_{i}",
+          ),
+        )
+      )
+
+  def __call__(self, inputs: jax.Array, is_training: bool, test_local_stats: bool) -> jax.Array:
+    del is_training, test_local_stats  # GroupNorm computes the same in training and inference
+    shortcut = inputs
+    if self._shortcut is not None:
+      conv, norm = self._shortcut
+      shortcut = norm(conv(inputs))
+    out = inputs
+    for i, (conv, norm) in enumerate(self._layers):
+      out = norm(conv(out))
+      if i < len(self._layers) - 1:
+        out = jax.nn.relu(out)
+    return jax.nn.relu(out + shortcut)
+
+
+class GroupWSBlockGroup(hk.Module):
+  """A stage of :class:`GroupWSBlock` (as ``hk.nets.ResNet.BlockGroup``: ``blocks``, the stride
+  and any projection in the first)."""
+
+  def __init__(
+    self,
+    channels: int,
+    num_blocks: int,
+    stride: int,
+    use_projection: bool,
+    bottleneck: bool,
+    eps: float,
+    name: str | None = None,
+  ):
+    super().__init__(name=name)
+    self.blocks = [
+      GroupWSBlock(
+        channels, stride if i == 0 else 1, i == 0 and use_projection, bottleneck, eps, f"block_{i}"
+      )
+      for i in range(num_blocks)
+    ]
+
+
 class ResNetEncoder(hk.Module):
   """ResNet v1 torso returning the global-average-pooled representation.
 
   The standard ImageNet stem is a 7x7 stride-2 convolution followed by a 3x3 stride-2 max-pool;
   the small-image stem (for 32x32 inputs, as in the CIFAR literature) is a 3x3 stride-1
   convolution without the max-pool. Residual blocks are Haiku's v1 blocks, whose last BatchNorm
-  scale in bottleneck blocks starts at zero, as in the original BYOL encoder.
+  scale in bottleneck blocks starts at zero, as in the original BYOL encoder; with
+  ``normalization="group_ws"``, :class:`GroupWSBlock` (weight-standardised convolutions and
+  GroupNorm) and a weight-standardised stem with GroupNorm. ``projection_everywhere`` puts a
+  projection shortcut in the first block of every stage, as the original code's ResNet-18/34,
+  instead of only where the shape changes. ``remat`` recomputes each residual block's
+  activations in the backward pass (``hk.remat``: ``jax.checkpoint``) instead of keeping them.
   """
 
   def __init__(
@@ -71,17 +202,27 @@ class ResNetEncoder(hk.Module):
     width_multiplier: int = 1,
     small_image_stem: bool = False,
     bn_config: Mapping[str, Any] | None = None,
+    normalization: str = "batch",
+    projection_everywhere: bool = False,
+    remat: bool = False,
     name: str | None = None,
   ):
     super().__init__(name=name)
+    if normalization not in config_base.NORMALIZATIONS:
+      raise ValueError(
+        f"Unknown normalization {normalization!r}; expected one of {config_base.NORMALIZATIONS}."
+      )
+    group_ws = normalization == "group_ws"
     self._small_image_stem = small_image_stem
+    self._remat = remat
     self._bn_config = dict(bn_config or {})
     self._bn_config.setdefault("decay_rate", 0.9)
     self._bn_config.setdefault("eps", 1e-5)
     self._bn_config.setdefault("create_scale", True)
     self._bn_config.setdefault("create_offset", True)
+    eps = self._bn_config["eps"]
     stem_channels = min(64, channels_per_group[0]) * width_multiplier
-    self._initial_conv = hk.Conv2D(
+    self._initial_conv = (WSConv2D if group_ws else hk.Conv2D)(
       output_channels=stem_channels,
       kernel_shape=3 if small_image_stem else 7,
       stride=1 if small_image_stem else 2,
@@ -89,7 +230,12 @@ class ResNetEncoder(hk.Module):
       padding="SAME",
       name="initial_conv",
     )
-    self._initial_batchnorm = hk.BatchNorm(name="initial_batchnorm", **self._bn_config)
+    if group_ws:
+      norm = hk.GroupNorm(group_count(stem_channels), eps=eps, name="initial_group_norm")
+      self._initial_norm = lambda x, is_training: norm(x)
+    else:
+      bn = hk.BatchNorm(name="initial_batchnorm", **self._bn_config)
+      self._initial_norm = lambda x, is_training: bn(x, is_training=is_training)
     self._groups = []
     in_channels = stem_channels
     for i, (num_blocks, channels) in enumerate(zip(blocks_per_group, channels_per_group)):
@@ -97,31 +243,43 @@ class ResNetEncoder(hk.Module):
         continue
       channels *= width_multiplier
       stride = 1 if i == 0 else 2
-      self._groups.append(
-        hk.nets.ResNet.BlockGroup(
+      # A projection shortcut where the shape changes (always, for bottleneck blocks), or in
+      # every stage.
+      use_projection = projection_everywhere or bottleneck or stride != 1 or in_channels != channels
+      if group_ws:
+        group = GroupWSBlockGroup(
+          channels, num_blocks, stride, use_projection, bottleneck, eps, name=f"block_group_{i}"
+        )
+      else:
+        group = hk.nets.ResNet.BlockGroup(
           channels=channels,
           num_blocks=num_blocks,
           stride=stride,
           bn_config=self._bn_config,
           resnet_v2=False,
           bottleneck=bottleneck,
-          # A projection shortcut only where the shape changes (always, for bottleneck blocks).
-          use_projection=bottleneck or stride != 1 or in_channels != channels,
+          use_projection=use_projection,
           name=f"block_group_{i}",
         )
-      )
+      self._groups.append(group)
       in_channels = channels
     self.output_dim = in_channels
 
   def __call__(self, images: jax.Array, is_training: bool) -> jax.Array:
     out = self._initial_conv(images)
-    out = self._initial_batchnorm(out, is_training=is_training)
+    out = self._initial_norm(out, is_training)
     out = jax.nn.relu(out)
     if not self._small_image_stem:
       # A module rather than hk.max_pool, so that byol_jax.cpu_ops can lower it on XLA:CPU.
       out = hk.MaxPool(window_shape=(1, 3, 3, 1), strides=(1, 2, 2, 1), padding="SAME")(out)
     for group in self._groups:
-      out = group(out, is_training, False)
+      # Block by block (the modules and their names are the groups'), so each can be remat-ed.
+      for block in group.blocks:
+
+        def run(x: jax.Array, block: hk.Module = block) -> jax.Array:
+          return block(x, is_training, False)
+
+        out = hk.remat(run)(out) if self._remat else run(out)
     return jnp.mean(out, axis=(1, 2))
 
 
@@ -130,48 +288,64 @@ def encoder_module_name(spec: EncoderSpec) -> str:
   return "res_net_tiny" if spec.name == "tiny" else "res_net" + spec.name.removeprefix("resnet")
 
 
-def make_encoder(spec: EncoderSpec, bn_config: Mapping[str, Any]) -> ResNetEncoder:
-  """Builds the encoder module named by ``spec`` (call inside a Haiku transform)."""
-  if spec.name == "tiny":
-    return ResNetEncoder(
-      blocks_per_group=spec.tiny_blocks,
-      channels_per_group=spec.tiny_channels,
-      bottleneck=False,
-      width_multiplier=spec.width_multiplier,
-      small_image_stem=spec.small_image_stem,
-      bn_config=bn_config,
-      name=encoder_module_name(spec),
+def make_encoder(
+  spec: EncoderSpec, bn_config: Mapping[str, Any], remat: bool = False
+) -> ResNetEncoder:
+  """Builds the encoder module named by ``spec`` (call inside a Haiku transform); ``remat``
+  recomputes each residual block's activations in the backward pass."""
+  if spec.resnet_layout not in config_base.RESNET_LAYOUTS:
+    raise ValueError(
+      f"Unknown resnet_layout {spec.resnet_layout!r}; expected one of {config_base.RESNET_LAYOUTS}."
     )
+  common = dict(
+    width_multiplier=spec.width_multiplier,
+    small_image_stem=spec.small_image_stem,
+    bn_config=bn_config,
+    normalization=spec.normalization,
+    projection_everywhere=spec.resnet_layout == "original",
+    remat=remat,
+    name=encoder_module_name(spec),
+  )
+  if spec.name == "tiny":
+    return ResNetEncoder(spec.tiny_blocks, spec.tiny_channels, bottleneck=False, **common)
   if spec.name not in RESNET_DEPTHS:
     raise ValueError(
       f"Unknown encoder {spec.name!r}; expected 'tiny' or one of {list(RESNET_DEPTHS)}."
     )
   blocks, bottleneck = RESNET_DEPTHS[spec.name]
-  return ResNetEncoder(
-    blocks_per_group=blocks,
-    channels_per_group=_BOTTLENECK_CHANNELS if bottleneck else _BASIC_CHANNELS,
-    bottleneck=bottleneck,
-    width_multiplier=spec.width_multiplier,
-    small_image_stem=spec.small_image_stem,
-    bn_config=bn_config,
-    name=encoder_module_name(spec),
-  )
+  channels = _BOTTLENECK_CHANNELS if bottleneck else _BASIC_CHANNELS
+  return ResNetEncoder(blocks, channels, bottleneck=bottleneck, **common)
 
 
 class MLP(hk.Module):
-  """Linear(hidden, bias) -> BatchNorm -> ReLU -> Linear(output, no bias): projector/predictor."""
+  """Linear(hidden, bias) -> BatchNorm -> ReLU -> Linear(output, no bias): projector/predictor.
 
-  def __init__(self, hidden_size: int, output_size: int, bn_config: Mapping[str, Any], name: str):
+  With ``normalization="group_ws"`` the BatchNorm is a GroupNorm (``group_norm``) with
+  :func:`group_count` groups of the hidden features.
+  """
+
+  def __init__(
+    self,
+    hidden_size: int,
+    output_size: int,
+    bn_config: Mapping[str, Any],
+    name: str,
+    normalization: str = "batch",
+  ):
     super().__init__(name=name)
     self._hidden_size = hidden_size
     self._output_size = output_size
     self._bn_config = bn_config
+    self._normalization = normalization
 
   def __call__(self, inputs: jax.Array, is_training: bool) -> jax.Array:
     out = hk.Linear(self._hidden_size, with_bias=True)(inputs)
-    out = hk.BatchNorm(create_scale=True, create_offset=True, **self._bn_config)(
-      out, is_training=is_training
-    )
+    if self._normalization == "group_ws":
+      out = hk.GroupNorm(group_count(self._hidden_size), eps=self._bn_config["eps"])(out)
+    else:
+      out = hk.BatchNorm(create_scale=True, create_offset=True, **self._bn_config)(
+        out, is_training=is_training
+      )
     out = jax.nn.relu(out)
     return hk.Linear(self._output_size, with_bias=False)(out)
 
@@ -184,6 +358,7 @@ def make_byol_network(
   bn_eps: float = 1e-5,
   axis_name: str | None = None,
   num_classes: int = 0,
+  remat: bool = False,
 ) -> hk.TransformedWithState:
   """Returns the transformed BYOL network.
 
@@ -194,18 +369,21 @@ def make_byol_network(
   BatchNorm statistics are averaged (None on a single device or outside ``pmap``).
   ``num_classes > 0`` adds the online linear probe: ``logits`` of a linear classifier on the
   stop-gradient embedding (online network only), which cannot change the representation.
+  ``encoder.normalization`` applies to the heads too; ``remat`` recomputes each residual block's
+  activations in the backward pass (the same parameters and outputs, less memory).
   """
   bn_config = dict(decay_rate=bn_decay, eps=bn_eps, cross_replica_axis=axis_name)
+  norm = encoder.normalization
 
   def forward(images: jax.Array, is_training: bool, with_predictor: bool = True):
-    embedding = make_encoder(encoder, bn_config)(images, is_training=is_training)
-    projection = MLP(heads.projector_hidden, heads.projector_output, bn_config, "projector")(
+    embedding = make_encoder(encoder, bn_config, remat)(images, is_training=is_training)
+    projection = MLP(heads.projector_hidden, heads.projector_output, bn_config, "projector", norm)(
       embedding, is_training
     )
     out = dict(embedding=embedding, projection=projection)
     if with_predictor:
       out["prediction"] = MLP(
-        heads.predictor_hidden, heads.projector_output, bn_config, "predictor"
+        heads.predictor_hidden, heads.projector_output, bn_config, "predictor", norm
       )(projection, is_training)
       if num_classes > 0:
         out["logits"] = hk.Linear(num_classes, name="linear_probe")(
@@ -222,16 +400,17 @@ def make_encoder_network(
   bn_decay: float = 0.9,
   bn_eps: float = 1e-5,
   axis_name: str | None = None,
+  remat: bool = False,
 ) -> hk.TransformedWithState:
   """The encoder alone, with the same parameter names as inside :func:`make_byol_network`.
 
   ``apply(params, state, images, is_training)`` returns the representation ``[N, D]``;
-  ``axis_name`` as in :func:`make_byol_network` (for fine-tuning under ``pmap``).
+  ``axis_name`` and ``remat`` as in :func:`make_byol_network` (for fine-tuning under ``pmap``).
   """
   bn_config = dict(decay_rate=bn_decay, eps=bn_eps, cross_replica_axis=axis_name)
 
   def forward(images: jax.Array, is_training: bool):
-    return make_encoder(encoder, bn_config)(images, is_training=is_training)
+    return make_encoder(encoder, bn_config, remat)(images, is_training=is_training)
 
   return hk.without_apply_rng(hk.transform_with_state(forward))
 

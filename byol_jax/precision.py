@@ -1,13 +1,14 @@
-"""Mixed precision: bfloat16 compute with float32 parameters, BatchNorm, loss and optimiser.
+"""Mixed precision: bfloat16 compute with float32 parameters, normalisation, loss and optimiser.
 
 :func:`mixed_precision` wraps a transformed network's ``apply``; the network's own code is left
 untouched. Under the wrapper, convolutions and linear layers read their parameters (through a Haiku
 custom getter) and their inputs as the compute dtype, so the matrix products and convolutions run
-in bfloat16. BatchNorm sees its input cast up to float32, so its batch statistics, normalisation
-and moving averages stay in float32, and its output is cast back down. Every floating output of the
-network comes back as float32, so the loss is computed in float32. The parameters that are stored,
-differentiated and updated remain float32 throughout: the gradient of the cast is a cast back, so
-gradients and optimiser state are float32 as well.
+in bfloat16; a weight-standardised convolution (``models.WSConv2D``) standardises its float32
+kernel before the cast. BatchNorm and GroupNorm see their input cast up to float32, so their
+statistics, normalisation and moving averages stay in float32, and their output is cast back
+down. Every floating output of the network comes back as float32, so the loss is computed in
+float32. The parameters that are stored, differentiated and updated remain float32 throughout: the
+gradient of the cast is a cast back, so gradients and optimiser state are float32 as well.
 """
 
 from __future__ import annotations
@@ -56,15 +57,18 @@ def _cast_first(args: tuple, kwargs: dict, dtype: jnp.dtype) -> tuple[tuple, dic
 def _interceptor(dtype: jnp.dtype):
   def param_getter(next_getter, value, context):
     del context
-    return next_getter(_cast_floating(value, dtype))
+    # Cast what the layer finally reads: getters entered later (a weight standardisation) see
+    # the float32 parameter.
+    return _cast_floating(next_getter(value), dtype)
 
   def intercept(next_f, args, kwargs, context):
     if context.method_name != "__call__":
       return next_f(*args, **kwargs)
     module = context.module
-    if isinstance(module, hk.BatchNorm):
-      # Means and variances summed over a large batch in bfloat16 (8 bits of mantissa) are too
-      # coarse to normalise with, and the moving averages are meant to track float32 statistics.
+    if isinstance(module, hk.BatchNorm | hk.GroupNorm):
+      # Means and variances summed over a large batch (or a group's channels and pixels) in
+      # bfloat16 (8 bits of mantissa) are too coarse to normalise with, and the moving averages
+      # are meant to track float32 statistics.
       original = args[0].dtype if args else kwargs["inputs"].dtype
       args, kwargs = _cast_first(args, kwargs, jnp.float32)
       return _cast_floating(next_f(*args, **kwargs), original)

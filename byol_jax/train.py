@@ -72,6 +72,7 @@ def build_network(config: ml_collections.ConfigDict, axis_name: str | None):
     bn_eps=config.model.bn_eps,
     axis_name=axis_name,
     num_classes=config.eval.online_probe_classes,
+    remat=config.model.remat,
   )
   conv_impl = cpu_ops.resolve_conv_impl(config.model.conv_impl, jax.default_backend())
   # The CPU lowering inside the precision interceptor, which casts what the lowered layers read.

@@ -152,6 +152,8 @@ _SWEEP = {
     ("model.predictor_hidden", 0, {}),
     ("model.bn_decay", 1.0, {}),
     ("model.bn_eps", 0.0, {}),
+    ("model.normalization", "layer", {}),
+    ("model.resnet_layout", "caffe", {}),
     ("optim.momentum", 1.5, {}),
     ("optim.momentum", float("nan"), {}),
     ("optim.weight_decay", -1e-4, {}),

@@ -69,7 +69,10 @@ def _max_pool(next_f: Callable, args, kwargs, module: hk.MaxPool) -> jax.Array:
 
 def _intercept(next_f: Callable, args, kwargs, context: hk.MethodContext, use_winograd: bool):
   if context.method_name == "__call__":
-    if type(context.module) is hk.Conv2D:
+    # Haiku's own convolution (hk.ConvND.__call__), also where a subclass such as
+    # models.WSConv2D calls it: the subclass's __call__ runs first (standardising the kernel
+    # that the lowering then reads through hk.get_parameter).
+    if isinstance(context.module, hk.Conv2D) and context.orig_class is hk.ConvND:
       return _conv(next_f, args, kwargs, context.module, use_winograd)
     if type(context.module) is hk.MaxPool:
       return _max_pool(next_f, args, kwargs, context.module)
