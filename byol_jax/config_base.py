@@ -123,8 +123,8 @@ def get_base_config() -> ml_collections.ConfigDict:
   # standardisation, Qiao et al. 2019: (w - mean) / sqrt(var + 1e-10) over the kernel's height,
   # width and input channels, with BiT's 1e-10 as eps) and every BatchNorm becomes a GroupNorm
   # (Wu & He 2018; its eps is model.bn_eps), in the encoder and in the projector and predictor,
-  # whose hidden layer is Linear -> GroupNorm -> ReLU. Not found in the paper's text within
-  # reach and chosen here: 16 groups (gcd(16, C) where C channels are fewer or not a multiple),
+  # whose hidden layer is Linear -> GroupNorm -> ReLU. Chosen here, not taken from that paper
+  # (to be checked against its text): 16 groups (gcd(16, C) where C channels are fewer or not a multiple),
   # GroupNorm in the heads and no WS on their linear layers, and the BN path's initialisation
   # (GroupNorm scale 1, offset 0, the last scale of bottleneck blocks 0; Haiku's fan-in
   # truncated normal kernels). No moving averages: the network has no state, so

@@ -6,10 +6,9 @@ The recipe of "BYOL works even without batch statistics" (Richemond et al. 2020,
 batch 4096, the paper's augmentations) with every BatchNorm replaced by GroupNorm and every
 convolution weight-standardised, in the encoder and in the projector and predictor
 (``model.normalization="group_ws"``; the layers and the choices they involve are described with
-that field in ``byol_jax/config_base.py``). The text of that paper within our reach (its abstract,
-its definition of GroupNorm and its per-component ablation) does not state whether it changed
-the optimisation hyperparameters for GN + WS: this preset keeps BYOL's 1000-epoch ones, a choice,
-not a citation. ``configs/byol_r50_gnws.py:300`` (or ``:100``, ``:40``) takes the BatchNorm
+that field in ``byol_jax/config_base.py``). This preset keeps BYOL's 1000-epoch optimisation
+hyperparameters: a choice, not a citation (whether that paper changed them for GN + WS is still
+to be checked against its text). ``configs/byol_r50_gnws.py:300`` (or ``:100``, ``:40``) takes the BatchNorm
 recipe's shorter presets in the same way.
 
 Without batch statistics the update does not depend on how the batch is split, so the paper's
