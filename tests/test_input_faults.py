@@ -150,7 +150,7 @@ def test_eval_batches_keep_failed_slots_on_every_process(tmp_path):
 @pytest.fixture(scope="module")
 def checkpoint(tmp_path_factory):
   workdir = str(tmp_path_factory.mktemp("pretrain"))
-  # The run of test_multihost_eval: its step is in the compilation cache.
+  # The run of test_multihost_eval, compiled once for this module.
   overrides = {"num_steps": 2, "checkpoint_every_steps": 2, "log_every_steps": 2}
   train.pretrain(tiny.tiny_config(**overrides), workdir)
   return workdir
