@@ -144,20 +144,26 @@ def _per_image_colour_ops(
 
 
 def prepare_views(
-  batch: Batch,
+  views: tuple[jax.Array, jax.Array],
   key: jax.Array,
   device_colour_ops: tuple[device_augment.AugmentParams, device_augment.AugmentParams] | None,
   axis_name: str | None,
+  share: int | None = None,
+  start: int | jax.Array = 0,
 ) -> tuple[jax.Array, jax.Array]:
-  """The two normalised views of a batch, with the colour ops applied here if they are given."""
-  v1 = device_augment.to_float(batch["view1"])
-  v2 = device_augment.to_float(batch["view2"])
+  """The two normalised views of a (micro-)batch, with the colour ops applied here if they are
+  given. ``share`` is this device's part of the global batch (default: these views) and
+  ``start`` the position of these views' first example in it."""
+  v1 = device_augment.to_float(views[0])
+  v2 = device_augment.to_float(views[1])
   if device_colour_ops is not None:
     # One key per example from its position in the global batch, so the views do not depend
-    # on how the batch is spread over devices. The keys are threefry keys whatever the default
-    # PRNG: threefry's bits are the same under any vmap batching, "rbg"'s are not.
+    # on how the batch is spread over devices or split into micro-batches. The keys are
+    # threefry keys whatever the default PRNG: threefry's bits are the same under any vmap
+    # batching, "rbg"'s are not.
     n = v1.shape[0]
-    offset = 0 if axis_name is None else jax.lax.axis_index(axis_name) * n
+    share = n if share is None else share
+    offset = start if axis_name is None else jax.lax.axis_index(axis_name) * share + start
     base = jax.random.wrap_key_data(
       jnp.ravel(jax.random.key_data(key))[:2].astype(jnp.uint32), impl="threefry2x32"
     )
@@ -167,10 +173,10 @@ def prepare_views(
   return device_augment.normalize(v1), device_augment.normalize(v2)
 
 
-def _labels(batch: Batch, views: tuple[jax.Array, jax.Array]) -> jax.Array:
+def _labels(batch: Batch) -> jax.Array:
   """The batch's labels for the online probe; -1 (none) for unlabelled data."""
   labels = batch.get("label")
-  return -jnp.ones(views[0].shape[:1], jnp.int32) if labels is None else labels
+  return -jnp.ones(batch["view1"].shape[:1], jnp.int32) if labels is None else labels
 
 
 def _forward(network, params, net_state, views, with_predictor):
@@ -203,11 +209,14 @@ def _online_loss(
   return total, (online_state, out_1["projection"], loss, probe)
 
 
-def batch_gradients(network, axis_name, state: TrainState, bn_states, views, labels):
+def batch_gradients(network, axis_name, state: TrainState, bn_states, raw_views, labels, prepare):
   """Gradients and metrics of one (micro-)batch, and the (online, target) BatchNorm states after.
 
+  ``prepare`` turns the input's two views into the network's (:func:`prepare_views`), here, so
+  that an accumulated step holds one micro-batch of them at a time, not the whole batch.
   Returns ``(grads, (loss, probe metrics, online projections of view 1), bn_states)``.
   """
+  views = prepare(raw_views)
   online_state, target_state = bn_states
   # The target is evaluated outside the differentiated function: no gradient can reach it and
   # its activations are not kept for the backward pass.
@@ -220,22 +229,30 @@ def batch_gradients(network, axis_name, state: TrainState, bn_states, views, lab
   return grads, (loss, probe, projection), (online_state, target_state)
 
 
-def accumulated_gradients(gradients_fn, k: int, state: TrainState, bn_states, views, labels):
+def accumulated_gradients(
+  gradients_fn, k: int, state: TrainState, bn_states, raw_views, labels, prepare
+):
   """``gradients_fn`` (:func:`batch_gradients`) averaged over k micro-batches, scanned in
-  sequence; the BatchNorm states pass from each micro-batch to the next."""
+  sequence; the BatchNorm states pass from each micro-batch to the next. Each micro-batch's
+  views are prepared in its own iteration, from its examples' positions in the batch."""
+  m = labels.shape[0] // k
 
   def split(x: jax.Array) -> jax.Array:
-    return x.reshape(k, x.shape[0] // k, *x.shape[1:])
+    return x.reshape(k, m, *x.shape[1:])
 
   def body(carry, micro):
     grad_sum, bn_states = carry
-    v1, v2, micro_labels = micro
-    grads, outputs, bn_states = gradients_fn(state, bn_states, (v1, v2), micro_labels)
+    v1, v2, micro_labels, start = micro
+    micro_prepare = functools.partial(prepare, start=start)
+    grads, outputs, bn_states = gradients_fn(
+      state, bn_states, (v1, v2), micro_labels, micro_prepare
+    )
     return (jax.tree.map(jnp.add, grad_sum, grads), bn_states), outputs
 
   zeros = jax.tree.map(jnp.zeros_like, state.online_params)
+  micro_batches = (split(raw_views[0]), split(raw_views[1]), split(labels), jnp.arange(k) * m)
   (grad_sum, bn_states), (loss, probe, projection) = jax.lax.scan(
-    body, (zeros, bn_states), (split(views[0]), split(views[1]), split(labels))
+    body, (zeros, bn_states), micro_batches
   )
   grads = jax.tree.map(lambda g: g / k, grad_sum)
   probe = jax.tree.map(jnp.mean, probe)
@@ -309,9 +326,19 @@ def make_update_fn(
     gradients = functools.partial(accumulated_gradients, gradients, grad_accum_steps)
 
   def update(state: TrainState, batch: Batch, rng: jax.Array) -> tuple[TrainState, Metrics]:
-    views = prepare_views(batch, jax.random.fold_in(rng, state.step), device_colour_ops, axis_name)
+    prepare = functools.partial(
+      prepare_views,
+      key=jax.random.fold_in(rng, state.step),
+      device_colour_ops=device_colour_ops,
+      axis_name=axis_name,
+      share=batch["view1"].shape[0],
+    )
     grads, (loss, probe, projection), (online_state, target_state) = gradients(
-      state, (state.online_state, state.target_state), views, _labels(batch, views)
+      state,
+      (state.online_state, state.target_state),
+      (batch["view1"], batch["view2"]),
+      _labels(batch),
+      prepare,
     )
     if axis_name is not None and jax.lax.axis_size(axis_name) > 1:
       # (Over one device the mean is the identity, but XLA:CPU would still copy every gradient.)

@@ -41,6 +41,7 @@ from byol_jax import (
   train,
 )
 from byol_jax import encoder as encoder_lib
+from byol_jax.data import augment
 from byol_jax.errors import UserError
 
 ENC = models.EncoderSpec("tiny", small_image_stem=True, normalization="group_ws")
@@ -171,11 +172,19 @@ def _batches(dtype):
 @functools.cache
 def _run(devices, accum=1):
   """STEPS float64 updates of the small GN + WS network pmapped over ``devices``, each device's
-  share in ``accum`` micro-batches; returns every state and the metrics (device 0)."""
+  share in ``accum`` micro-batches, the paper's colour ops applied in the step (each example's
+  from its position in the global batch); returns every state and the metrics (device 0)."""
   with jax.enable_x64(True):
     network = models.make_byol_network(SMALL, HEADS, axis_name="batch")
     optimizer = byol.make_optimizer(HP)
-    update = byol.make_update_fn(network, optimizer, HP, axis_name="batch", grad_accum_steps=accum)
+    update = byol.make_update_fn(
+      network,
+      optimizer,
+      HP,
+      axis_name="batch",
+      device_colour_ops=(augment.PAPER_T, augment.PAPER_T_PRIME),
+      grad_accum_steps=accum,
+    )
     used = jax.local_devices()[:devices]
     p_update = jax.pmap(update, axis_name="batch", devices=used)
     dummy = jnp.zeros((2, SIZE, SIZE, 3), jnp.float64)
