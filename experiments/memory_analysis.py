@@ -1,9 +1,9 @@
 """The BYOL update step's memory per device, from XLA's compiled memory analysis (nothing runs).
 
-  python experiments/memory_analysis.py                       # the BENCHMARKS.md table (ResNet-50)
+  python experiments/memory_analysis.py          # ResNet-50 on this machine's device
   python experiments/memory_analysis.py --encoder=resnet18 --image_size=64 --batches=32
   JAX_PLATFORMS=cpu JAX_SKIP_CUDA_CONSTRAINTS_CHECK=1 python experiments/memory_analysis.py \
-    --target=h100    # XLA:GPU's figures on a machine without a GPU (needs jax[cuda12] installed)
+    --target=h100    # BENCHMARKS.md's table: XLA:GPU without a GPU (jax[cuda12] installed)
 
 For each row the real update step (``byol.make_update_fn`` on ``train.build_network``, one
 device, the config's optimiser, EMA target, online probe and device colour ops) is lowered with
