@@ -196,16 +196,23 @@ def with_encoder_from(state: byol.TrainState, config: ml_collections.ConfigDict)
   )
 
 
-def pmapped_update(config: ml_collections.ConfigDict, hp: byol.ByolHParams, optimizer, views):
-  """The update step of the config, ``pmap``-ed over every device (the state donated)."""
-  update = byol.make_update_fn(
-    build_network(config, parallel.AXIS),
+def update_step(
+  config: ml_collections.ConfigDict, hp: byol.ByolHParams, optimizer, views, axis_name: str | None
+):
+  """The config's update step (unmapped) over the devices of ``axis_name`` (None: one device)."""
+  return byol.make_update_fn(
+    build_network(config, axis_name),
     optimizer,
     hp,
-    axis_name=parallel.AXIS,
+    axis_name=axis_name,
     device_colour_ops=None if config.data.host_colour_ops else views,
     grad_accum_steps=config.optim.grad_accum_steps,
   )
+
+
+def pmapped_update(config: ml_collections.ConfigDict, hp: byol.ByolHParams, optimizer, views):
+  """The update step of the config, ``pmap``-ed over every device (the state donated)."""
+  update = update_step(config, hp, optimizer, views, parallel.AXIS)
   return jax.pmap(update, axis_name=parallel.AXIS, donate_argnums=(0,))
 
 

@@ -5,7 +5,7 @@
   JAX_PLATFORMS=cpu JAX_SKIP_CUDA_CONSTRAINTS_CHECK=1 python experiments/memory_analysis.py \
     --target=h100    # BENCHMARKS.md's table: XLA:GPU without a GPU (jax[cuda12] installed)
 
-For each row the real update step (``byol.make_update_fn`` on ``train.build_network``, one
+For each row the real update step (``train.update_step``, one
 device, the config's optimiser, EMA target, online probe and device colour ops) is lowered with
 abstract inputs and compiled for this machine's backend, and XLA reports the buffers it assigned:
 the state and batch it reads (arguments), the state it returns (outputs, mostly aliased to the
@@ -90,15 +90,7 @@ def step_memory(config, sharding=None) -> dict[str, int]:
   hp = train.hparams(config, plan)
   optimizer = byol.make_optimizer(hp)
   network = train.build_network(config, axis_name=None)
-  views = train.view_params(config)
-  update = byol.make_update_fn(
-    network,
-    optimizer,
-    hp,
-    axis_name=None,
-    device_colour_ops=None if config.data.host_colour_ops else views,
-    grad_accum_steps=config.optim.grad_accum_steps,
-  )
+  update = train.update_step(config, hp, optimizer, train.view_params(config), axis_name=None)
   size, n = config.data.image_size, config.batch_size
   dummy = jax.ShapeDtypeStruct((2, size, size, 3), jnp.float32)
   key = jax.ShapeDtypeStruct((), jax.random.key(0).dtype)
