@@ -25,9 +25,11 @@ import jax.numpy as jnp
 import optax
 
 from byol_jax import losses, models, optimizers, parallel, schedules
-from byol_jax.data import device_augment
+from byol_jax.data import device_augment, device_crop
 
 Batch = dict[str, jax.Array]
+# Keeps the crop-and-flip keys of the device pipeline apart from the colour keys of each view.
+_CROP_TAG = 0xC209
 Metrics = dict[str, jax.Array]
 
 
@@ -143,6 +145,20 @@ def _per_image_colour_ops(
   )
 
 
+def _example_keys(
+  key: jax.Array, n: int, share: int, start: int | jax.Array, axis_name: str | None
+) -> jax.Array:
+  """[n, 2] keys (one per view) of the examples of a (micro-)batch, from their positions in the
+  global batch, so that the views do not depend on how the batch is spread over devices or split
+  into micro-batches. They are threefry keys whatever the default PRNG: threefry's bits are the
+  same under any vmap batching, "rbg"'s are not."""
+  offset = start if axis_name is None else jax.lax.axis_index(axis_name) * share + start
+  base = jax.random.wrap_key_data(
+    jnp.ravel(jax.random.key_data(key))[:2].astype(jnp.uint32), impl="threefry2x32"
+  )
+  return jax.vmap(lambda i: jax.random.split(jax.random.fold_in(base, i)))(offset + jnp.arange(n))
+
+
 def prepare_views(
   views: tuple[jax.Array, jax.Array],
   key: jax.Array,
@@ -150,33 +166,33 @@ def prepare_views(
   axis_name: str | None,
   share: int | None = None,
   start: int | jax.Array = 0,
+  crop_size: int = 0,
 ) -> tuple[jax.Array, jax.Array]:
   """The two normalised views of a (micro-)batch, with the colour ops applied here if they are
   given. ``share`` is this device's part of the global batch (default: these views) and
-  ``start`` the position of these views' first example in it."""
-  v1 = device_augment.to_float(views[0])
-  v2 = device_augment.to_float(views[1])
-  if device_colour_ops is not None:
-    # One key per example from its position in the global batch, so the views do not depend
-    # on how the batch is spread over devices or split into micro-batches. The keys are
-    # threefry keys whatever the default PRNG: threefry's bits are the same under any vmap
-    # batching, "rbg"'s are not.
-    n = v1.shape[0]
-    share = n if share is None else share
-    offset = start if axis_name is None else jax.lax.axis_index(axis_name) * share + start
-    base = jax.random.wrap_key_data(
-      jnp.ravel(jax.random.key_data(key))[:2].astype(jnp.uint32), impl="threefry2x32"
-    )
-    keys = jax.vmap(lambda i: jax.random.split(jax.random.fold_in(base, i)))(offset + jnp.arange(n))
-    v1 = _per_image_colour_ops(v1, keys[:, 0], device_colour_ops[0])
-    v2 = _per_image_colour_ops(v2, keys[:, 1], device_colour_ops[1])
-  return device_augment.normalize(v1), device_augment.normalize(v2)
+  ``start`` the position of these views' first example in it. With ``crop_size`` (the device
+  pipeline) ``views`` are whole images, which get the random resized crop to ``crop_size`` and
+  the flip here first."""
+  if device_colour_ops is None:
+    if crop_size:
+      raise ValueError("Cropping on the device needs the views' parameters (device_colour_ops).")
+    return tuple(device_augment.normalize(device_augment.to_float(v)) for v in views)
+  n = views[0].shape[0]
+  keys = _example_keys(key, n, n if share is None else share, start, axis_name)
+  out = []
+  for view, view_keys, params in zip(views, (keys[:, 0], keys[:, 1]), device_colour_ops):
+    if crop_size:
+      crop_keys = jax.vmap(lambda k: jax.random.fold_in(k, _CROP_TAG))(view_keys)
+      view = device_crop.crop_and_flip_batch(view, crop_keys, params, crop_size)
+    view = _per_image_colour_ops(device_augment.to_float(view), view_keys, params)
+    out.append(device_augment.normalize(view))
+  return out[0], out[1]
 
 
-def _labels(batch: Batch) -> jax.Array:
+def _labels(batch: Batch, size: int) -> jax.Array:
   """The batch's labels for the online probe; -1 (none) for unlabelled data."""
   labels = batch.get("label")
-  return -jnp.ones(batch["view1"].shape[:1], jnp.int32) if labels is None else labels
+  return -jnp.ones([size], jnp.int32) if labels is None else labels
 
 
 def _forward(network, params, net_state, views, with_predictor):
@@ -291,6 +307,7 @@ def make_update_fn(
   device_colour_ops: tuple[device_augment.AugmentParams, device_augment.AugmentParams]
   | None = None,
   grad_accum_steps: int = 1,
+  device_crop_size: int = 0,
 ) -> Callable[[TrainState, Batch, jax.Array], tuple[TrainState, Metrics]]:
   """Builds the BYOL update step.
 
@@ -314,10 +331,13 @@ def make_update_fn(
     device_colour_ops: (T, T') parameters to apply colour jitter, grayscale, blur and
       solarisation inside the step; None when the input pipeline already did.
     grad_accum_steps: micro-batches per update; must divide the per-device batch.
+    device_crop_size: with the device pipeline, the side of the views that the random resized
+      crop makes inside the step (then ``device_colour_ops`` gives both views' parameters).
 
   Returns:
-    ``update(state, batch, rng) -> (state, metrics)``. ``batch`` holds ``view1`` and ``view2``
-    images in [0, 1] (float or uint8) of this device's share of the global batch.
+    ``update(state, batch, rng) -> (state, metrics)``. ``batch`` holds this device's share of
+    the global batch: ``view1`` and ``view2`` images in [0, 1] (float or uint8), or, with
+    ``device_crop_size``, the whole uint8 ``image`` array; and optionally ``label`` (-1: none).
   """
   if grad_accum_steps < 1:
     raise ValueError(f"grad_accum_steps={grad_accum_steps} must be a positive integer.")
@@ -326,18 +346,24 @@ def make_update_fn(
     gradients = functools.partial(accumulated_gradients, gradients, grad_accum_steps)
 
   def update(state: TrainState, batch: Batch, rng: jax.Array) -> tuple[TrainState, Metrics]:
+    # The device pipeline sends each image once; both views are cut from it here.
+    raw_views = (
+      (batch["image"], batch["image"]) if device_crop_size else (batch["view1"], batch["view2"])
+    )
+    share = raw_views[0].shape[0]
     prepare = functools.partial(
       prepare_views,
       key=jax.random.fold_in(rng, state.step),
       device_colour_ops=device_colour_ops,
       axis_name=axis_name,
-      share=batch["view1"].shape[0],
+      share=share,
+      crop_size=device_crop_size,
     )
     grads, (loss, probe, projection), (online_state, target_state) = gradients(
       state,
       (state.online_state, state.target_state),
-      (batch["view1"], batch["view2"]),
-      _labels(batch),
+      raw_views,
+      _labels(batch, share),
       prepare,
     )
     if axis_name is not None and jax.lax.axis_size(axis_name) > 1:

@@ -56,6 +56,7 @@ CHECKPOINT_MODES = ("linear_eval", "finetune", "embed", "export_torch")
 # config.model.encoder value of evaluation configs: take the architecture from the checkpoint.
 FROM_CHECKPOINT = "checkpoint"
 SOURCES = ("synthetic", "tfds", "folder")
+PIPELINES = ("tfdata", "device")  # see config.data.pipeline
 OPTIMIZERS = ("lars", "sgd", "adamw")  # see config.optim.optimizer
 HOST_MEMORY_POLICIES = ("auto", "on", "off")  # see config.host_memory
 COMPUTE_DTYPES = ("float32", "bfloat16", "auto")  # see config.model.compute_dtype
@@ -94,6 +95,11 @@ def get_base_config() -> ml_collections.ConfigDict:
   c.data.synthetic_examples = 2048
   c.data.synthetic_classes = 10
   c.data.host_colour_ops = True  # False: colour, blur and solarise run on the device
+  # Pretraining input: "tfdata" decodes, crops and flips on the host (any dataset size);
+  # "device" decodes the whole training set once into memory (one uint8 array: images of one
+  # size, e.g. CIFAR, STL-10) and runs the whole augmentation inside the step
+  # (byol_jax/data/in_memory.py, byol_jax/data/device_crop.py); host_colour_ops is then unused.
+  c.data.pipeline = "tfdata"
   c.data.shuffle_buffer = 10_000
   # Image folders: hold out this many images (stratified by class, fixed seed) for evaluation.
   c.data.holdout = 0
@@ -370,6 +376,7 @@ def _validate_run(config: ml_collections.ConfigDict) -> None:
 def _validate_data(config: ml_collections.ConfigDict) -> None:
   d = config.data
   _one_of(config, "data.source", SOURCES)
+  _one_of(config, "data.pipeline", PIPELINES)
   if d.source == "tfds" and not d.name:
     _fail(
       config,

@@ -24,6 +24,16 @@ AXIS = "batch"
 _BARRIERS = itertools.count()
 
 
+def local_batch_size(global_batch_size: int, process_count: int) -> int:
+  """Per-process batch size; a UserError unless it divides evenly."""
+  if global_batch_size <= 0 or global_batch_size % process_count:
+    raise UserError(
+      f"The batch size {global_batch_size} must be a positive multiple of the number of "
+      f"processes ({process_count}): change --config.batch_size."
+    )
+  return global_batch_size // process_count
+
+
 def _sharding(devices: Sequence[jax.Device]) -> NamedSharding:
   return NamedSharding(Mesh(np.asarray(devices), (AXIS,)), PartitionSpec(AXIS))
 

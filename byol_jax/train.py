@@ -126,7 +126,7 @@ def prefetch_to_devices(batches: Iterator[dict[str, np.ndarray]], size: int = 2)
   """Keeps ``size`` batches in flight to the local devices while the step runs."""
   queue: collections.deque = collections.deque()
   for batch in batches:
-    queue.append(parallel.shard({k: batch[k] for k in ("view1", "view2", "label")}))
+    queue.append(parallel.shard(batch))
     if len(queue) > size:
       yield queue.popleft()
   while queue:
@@ -200,13 +200,15 @@ def update_step(
   config: ml_collections.ConfigDict, hp: byol.ByolHParams, optimizer, views, axis_name: str | None
 ):
   """The config's update step (unmapped) over the devices of ``axis_name`` (None: one device)."""
+  on_device = config.data.pipeline == "device"
   return byol.make_update_fn(
     build_network(config, axis_name),
     optimizer,
     hp,
     axis_name=axis_name,
-    device_colour_ops=None if config.data.host_colour_ops else views,
+    device_colour_ops=views if on_device or not config.data.host_colour_ops else None,
     grad_accum_steps=config.optim.grad_accum_steps,
+    device_crop_size=config.data.image_size if on_device else 0,
   )
 
 
@@ -315,6 +317,36 @@ class TrainingLoop:
     self.checkpointer.save(step, host_state._asdict(), self.config.to_dict())
 
 
+def pretrain_input(
+  config: ml_collections.ConfigDict, source, views, start_step: int, total_steps: int
+) -> Iterator[dict[str, np.ndarray]]:
+  """This process's batches of steps ``[start_step, total_steps)`` from the config's pipeline:
+  augmented views (tf.data), or whole images that the step augments (``data.pipeline="device"``)."""
+  common = dict(
+    global_batch_size=config.batch_size,
+    seed=config.seed,
+    start_step=start_step,
+    process_index=jax.process_index(),
+    process_count=jax.process_count(),
+    num_batches=total_steps - start_step,
+  )
+  if config.data.pipeline == "device":
+    from byol_jax.data import in_memory
+
+    return in_memory.batches(in_memory.decode_source(source), **common)
+  from byol_jax.data import pipeline
+
+  return pipeline.pretrain_batches(
+    source,
+    image_size=config.data.image_size,
+    view1=views[0],
+    view2=views[1],
+    host_colour_ops=config.data.host_colour_ops,
+    shuffle_buffer=config.data.shuffle_buffer,
+    **common,
+  )
+
+
 def pretrain(
   config: ml_collections.ConfigDict,
   workdir: str,
@@ -331,7 +363,6 @@ def pretrain(
   # The data modules (TensorFlow) load only where data is read, so the step and the model build
   # on hosts without TensorFlow (accelerator benchmarks).
   from byol_jax import monitor, run_data
-  from byol_jax.data import pipeline
 
   config_base.validate_config(config)
   parallel.check_devices(config.batch_size, config.optim.grad_accum_steps)
@@ -353,20 +384,7 @@ def pretrain(
   start_step = int(state.step)
   if is_main:
     announce_start(config, workdir, state, plan)
-  batches = pipeline.pretrain_batches(
-    source,
-    global_batch_size=config.batch_size,
-    image_size=config.data.image_size,
-    view1=view1,
-    view2=view2,
-    seed=config.seed,
-    start_step=start_step,
-    process_index=jax.process_index(),
-    process_count=jax.process_count(),
-    host_colour_ops=config.data.host_colour_ops,
-    shuffle_buffer=config.data.shuffle_buffer,
-    num_batches=plan.total_steps - start_step,
-  )
+  batches = pretrain_input(config, source, (view1, view2), start_step, plan.total_steps)
   writer = writers.MetricWriter(workdir, enabled=is_main)
   # Steps after the checkpoint we resume from are recomputed: drop their stale records.
   writer.truncate_after(start_step)

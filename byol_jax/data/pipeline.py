@@ -55,6 +55,7 @@ from byol_jax.data.augment import (
 )
 from byol_jax.data.sources import DataSource, TfdsSource
 from byol_jax.errors import UserError
+from byol_jax.parallel import local_batch_size
 
 # Tags that keep the shuffle and augmentation random streams apart.
 _SHUFFLE_TAG = 0x5EED5
@@ -66,16 +67,6 @@ _FAILURE_WINDOW_BATCHES = 3
 _FAILURE_WINDOW_EXAMPLES = 32
 # Bad files named one by one; further ones are only counted.
 _MAX_WARNED_FILES = 100
-
-
-def local_batch_size(global_batch_size: int, process_count: int) -> int:
-  """Per-process batch size; a UserError unless it divides evenly."""
-  if global_batch_size <= 0 or global_batch_size % process_count:
-    raise UserError(
-      f"The batch size {global_batch_size} must be a positive multiple of the number of "
-      f"processes ({process_count}): change --config.batch_size."
-    )
-  return global_batch_size // process_count
 
 
 def _base_seed(seed: int, tag: int) -> tf.Tensor:
