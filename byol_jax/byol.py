@@ -28,9 +28,9 @@ from byol_jax import losses, models, optimizers, parallel, schedules
 from byol_jax.data import device_augment, device_crop
 
 Batch = dict[str, jax.Array]
+Metrics = dict[str, jax.Array]
 # Keeps the crop-and-flip keys of the device pipeline apart from the colour keys of each view.
 _CROP_TAG = 0xC209
-Metrics = dict[str, jax.Array]
 
 
 class TrainState(NamedTuple):

@@ -66,10 +66,10 @@ def _state(workdir, step=None):
     ckpt.close()
 
 
-def _assert_trained_like(multi, reference_workdir, rtol, atol=1e-6, steps=STEPS):
+def _assert_trained_like(multi, reference_workdir, rtol, atol=1e-6, steps=STEPS, total=STEPS):
   """The metrics of the first ``steps`` steps and the state after them agree to ``rtol``."""
   records, reference = read_metrics(multi), read_metrics(reference_workdir)
-  assert [r["step"] for r in records] == list(range(1, STEPS + 1))
+  assert [r["step"] for r in records] == list(range(1, total + 1))
   for key in ("loss", "grad_norm", "projection_std"):
     np.testing.assert_allclose(
       [r[key] for r in records[:steps]],
@@ -129,3 +129,26 @@ def test_a_signal_to_one_process_stops_both_at_the_same_step(tmp_path, two_proce
   assert f"starting at step {step}" in restarted[0].stdout
   assert f"Done: {STEPS} steps" in restarted[0].stdout
   _assert_trained_like(multi, two_processes[0], rtol=1e-6)
+
+
+def test_two_processes_train_like_one_with_the_device_pipeline(tmp_path):
+  """``data.pipeline="device"``: each process gathers its own slots of every global batch and
+  augments them in the step, with keys from their global positions, so the pair trains as one."""
+  extra = ("--config.data.pipeline=device", f"--config.num_steps={COMPARED_STEPS}")
+  log_dir = str(tmp_path)
+  single = processes.Run("one", log_dir, 4, _args(str(tmp_path / "one"), *extra))
+  port = processes.free_port()
+  pair = [
+    processes.Run(f"pair_{i}", log_dir, 2, _args(str(tmp_path / "pair"), *flags, *extra))
+    for i, flags in enumerate(processes.process_flags(2, port))
+  ]
+  processes.wait([single, *pair])
+  assert "on 4 device(s)" in pair[0].stdout
+  _assert_trained_like(
+    str(tmp_path / "pair"),
+    str(tmp_path / "one"),
+    rtol=1e-5,
+    atol=1e-5,
+    steps=COMPARED_STEPS,
+    total=COMPARED_STEPS,
+  )
