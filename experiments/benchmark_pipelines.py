@@ -61,8 +61,7 @@ def whole_run(config: str, pipeline: str, steps: int, workdir: str) -> dict[str,
 def _config(config: str, pipeline: str):
   from byol_jax import config_base
 
-  path, _, arg = config.partition(":")
-  c = config_base.load_config_module(path).get_config(*([arg] if arg else []))
+  c = config_base.load_config_file(config)
   c.data.pipeline = pipeline
   return c
 
