@@ -16,7 +16,16 @@ setup(
   python_requires=">=3.10",
   install_requires=requirements,
   extras_require={
-    "test": ["pytest>=8", "ruff>=0.6", "pillow>=10", "matplotlib>=3.8", "dill>=0.3", "scipy>=1.11"],
+    "test": [
+      "pytest>=8",
+      "ruff>=0.6",
+      "pillow>=10",
+      "matplotlib>=3.8",
+      "scikit-learn>=1.3",
+      "dill>=0.3",
+      "scipy>=1.11",
+    ],
+    "report": ["matplotlib>=3.8", "scikit-learn>=1.3"],
     "torch": ["torch>=2.4"],
   },
   entry_points={"console_scripts": ["byol-jax=byol_jax.main:entry_point"]},

@@ -24,7 +24,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from byol_jax import losses, models, optimizers, parallel, schedules
+from byol_jax import collapse, losses, models, optimizers, parallel, schedules
 from byol_jax.data import device_augment, device_crop
 
 Batch = dict[str, jax.Array]
@@ -222,7 +222,7 @@ def _online_loss(
     # embedding, only for labelled examples; it trains the probe and nothing else.
     probe = _probe_metrics(out_1["logits"], labels, axis_name)
     total = loss + probe["probe_loss"]
-  return total, (online_state, out_1["projection"], loss, probe)
+  return total, (online_state, (out_1["projection"], out_1["embedding"]), loss, probe)
 
 
 def batch_gradients(network, axis_name, state: TrainState, bn_states, raw_views, labels, prepare):
@@ -230,7 +230,8 @@ def batch_gradients(network, axis_name, state: TrainState, bn_states, raw_views,
 
   ``prepare`` turns the input's two views into the network's (:func:`prepare_views`), here, so
   that an accumulated step holds one micro-batch of them at a time, not the whole batch.
-  Returns ``(grads, (loss, probe metrics, online projections of view 1), bn_states)``.
+  Returns ``(grads, (loss, probe metrics, online (projections, embeddings) of view 1),
+  bn_states)``.
   """
   views = prepare(raw_views)
   online_state, target_state = bn_states
@@ -239,10 +240,10 @@ def batch_gradients(network, axis_name, state: TrainState, bn_states, raw_views,
   target_outs, target_state = _forward(network, state.target_params, target_state, views, False)
   target_projections = [jax.lax.stop_gradient(o["projection"]) for o in target_outs]
   loss_fn = functools.partial(_online_loss, network, axis_name)
-  (_, (online_state, projection, loss, probe)), grads = jax.value_and_grad(loss_fn, has_aux=True)(
+  (_, (online_state, outputs, loss, probe)), grads = jax.value_and_grad(loss_fn, has_aux=True)(
     state.online_params, online_state, views, target_projections, labels
   )
-  return grads, (loss, probe, projection), (online_state, target_state)
+  return grads, (loss, probe, outputs), (online_state, target_state)
 
 
 def accumulated_gradients(
@@ -267,14 +268,14 @@ def accumulated_gradients(
 
   zeros = jax.tree.map(jnp.zeros_like, state.online_params)
   micro_batches = (split(raw_views[0]), split(raw_views[1]), split(labels), jnp.arange(k) * m)
-  (grad_sum, bn_states), (loss, probe, projection) = jax.lax.scan(
+  (grad_sum, bn_states), (loss, probe, outputs) = jax.lax.scan(
     body, (zeros, bn_states), micro_batches
   )
   grads = jax.tree.map(lambda g: g / k, grad_sum)
   probe = jax.tree.map(jnp.mean, probe)
-  # The projections of all micro-batches, so the spread metric is that of the whole batch.
-  projection = projection.reshape(-1, *projection.shape[2:])
-  return grads, (jnp.mean(loss), probe, projection), bn_states
+  # The outputs of all micro-batches, so the collapse signals are those of the whole batch.
+  outputs = jax.tree.map(lambda x: x.reshape(-1, *x.shape[2:]), outputs)
+  return grads, (jnp.mean(loss), probe, outputs), bn_states
 
 
 def target_ema(target_params: hk.Params, online_params: hk.Params, tau: jax.Array) -> hk.Params:
@@ -308,6 +309,7 @@ def make_update_fn(
   | None = None,
   grad_accum_steps: int = 1,
   device_crop_size: int = 0,
+  rank_every: int = 0,
 ) -> Callable[[TrainState, Batch, jax.Array], tuple[TrainState, Metrics]]:
   """Builds the BYOL update step.
 
@@ -333,6 +335,9 @@ def make_update_fn(
     grad_accum_steps: micro-batches per update; must divide the per-device batch.
     device_crop_size: with the device pipeline, the side of the views that the random resized
       crop makes inside the step (then ``device_colour_ops`` gives both views' parameters).
+    rank_every: > 0 adds the metric ``effective_rank`` (``collapse.effective_rank`` of view 1's
+      online representations over the global batch), computed only where the step count after
+      the update is a multiple of it or the last (the log steps); 0 elsewhere.
 
   Returns:
     ``update(state, batch, rng) -> (state, metrics)``. ``batch`` holds this device's share of
@@ -359,7 +364,7 @@ def make_update_fn(
       share=share,
       crop_size=device_crop_size,
     )
-    grads, (loss, probe, projection), (online_state, target_state) = gradients(
+    grads, (loss, probe, (projection, embedding)), (online_state, target_state) = gradients(
       state,
       (state.online_state, state.target_state),
       raw_views,
@@ -394,6 +399,14 @@ def make_update_fn(
       projection_std=_global_std(losses.l2_normalize(projection), axis_name),
       **probe,
     )
+    if rank_every:
+      done = state.step + 1
+      metrics["effective_rank"] = jax.lax.cond(
+        (done % rank_every == 0) | (done == hp.total_steps),
+        lambda z: collapse.effective_rank(z, axis_name),
+        lambda z: jnp.zeros([], jnp.float32),
+        embedding,
+      )
     if hp.skip_nonfinite:
       new_state = _unless_nonfinite(state, new_state, loss, metrics["grad_norm"])
     return new_state, metrics

@@ -47,10 +47,22 @@ PAPER_VIEW1 = dict(
 PAPER_VIEW2 = dict(PAPER_VIEW1, blur_prob=0.1, solarize_prob=0.2)
 
 ARCHITECTURES = ("tiny", "resnet18", "resnet34", "resnet50", "resnet101", "resnet152", "resnet200")
+# Modes that train a classifier on a checkpoint, with an lr sweep, at data.image_size.
+CLASSIFIER_MODES = ("linear_eval", "finetune")
+# The default lr grid of linear evaluation and fine-tuning: 0.01 to 10, half a decade apart.
+LINEAR_EVAL_LRS = (0.01, 0.03, 0.1, 0.3, 1.0, 3.0, 10.0)
 # The tiny encoder's default stages: residual blocks and output channels (x width_multiplier).
 TINY_BLOCKS = (1, 1, 1, 1)
 TINY_CHANNELS = (8, 16, 32, 64)
-MODES = ("pretrain", "linear_eval", "finetune", "embed", "export_torch", "import_original")
+MODES = (
+  "pretrain",
+  "linear_eval",
+  "finetune",
+  "embed",
+  "export_torch",
+  "import_original",
+  "report",
+)
 # Modes that read a trained encoder from config.checkpoint.
 CHECKPOINT_MODES = ("linear_eval", "finetune", "embed", "export_torch")
 # config.model.encoder value of evaluation configs: take the architecture from the checkpoint.
@@ -63,6 +75,7 @@ COMPUTE_DTYPES = ("float32", "bfloat16", "auto")  # see config.model.compute_dty
 CONV_IMPLS = ("auto", "winograd", "matmul", "xla")  # see config.model.conv_impl
 NORMALIZATIONS = ("batch", "group_ws")  # see config.model.normalization
 RESNET_LAYOUTS = ("torchvision", "original")  # see config.model.resnet_layout
+MAP_METHODS = ("auto", "umap", "tsne", "pca")  # see config.eval.map_method
 PRNG_IMPLS = ("rbg", "threefry2x32", "unsafe_rbg")  # see config.prng_impl (JAX's names)
 
 
@@ -86,7 +99,10 @@ def get_base_config() -> ml_collections.ConfigDict:
   c.data.path = ""  # image folder: <path>/<class>/*.jpg|png, or a flat folder of images
   c.data.train_split = "train"
   c.data.eval_split = "test"
-  c.data.image_size = 32  # training resolution of the views
+  # Training resolution of the views. Modes that read a checkpoint (linear evaluation,
+  # fine-tuning, embed): 0 takes the evaluation view of the checkpoint's own run (its
+  # data.eval_image_size and data.eval_resize), which embed always uses.
+  c.data.image_size = 32
   c.data.eval_resize = 32  # eval: resize the short side to this, then centre-crop image_size
   # Centre crop of a pretraining run's evaluation views (kNN monitor, load_encoder); 0: image_size.
   # Training on small random crops and evaluating at full size is cheap and works well
@@ -122,6 +138,9 @@ def get_base_config() -> ml_collections.ConfigDict:
   c.model.projector_hidden = 4096
   c.model.projector_output = 256
   c.model.predictor_hidden = 4096
+  # False removes the predictor: the online projection is regressed onto the target's directly
+  # (the BYOL paper's ablation, Table 5; with a fast target it collapses).
+  c.model.predictor = True
   # "batch": BatchNorm, as in BYOL (Grill et al. 2020) and every result and checkpoint so far.
   # "group_ws": no batch statistics anywhere, after "BYOL works even without batch statistics"
   # (Richemond et al. 2020, arXiv 2010.10241: GN + WS, 73.9% linear top-1 with ResNet-50 against
@@ -194,9 +213,13 @@ def get_base_config() -> ml_collections.ConfigDict:
   c.log_every_steps = 100
   c.checkpoint_every_steps = 1000
   c.keep_checkpoints = 3
+  # The collapse alarm (byol_jax/collapse.py) warns once when the online outputs' spread and
+  # the representation's effective rank stay low; True stops the run there instead (exit code
+  # 2, one line; the last checkpoint, written before, is kept).
+  c.stop_on_collapse = False
 
   # Evaluation modes read the encoder from here: a training workdir or one checkpoint step folder
-  # (import_original: the original code's .pkl file).
+  # (import_original: the original code's .pkl file; report: a workdir or an embeddings .npz).
   c.checkpoint = ""
   c.eval = ml_collections.ConfigDict()
   # Linear evaluation and fine-tuning (the paper: SGD + Nesterov 0.9, batch 1024, 80 epochs,
@@ -204,14 +227,27 @@ def get_base_config() -> ml_collections.ConfigDict:
   c.eval.batch_size = 1024
   c.eval.num_epochs = 80.0
   c.eval.num_steps = -1  # > 0 overrides eval.num_epochs
-  c.eval.base_lrs = (0.4,)  # several: each is trained, the best on eval.val_examples is tested
-  c.eval.val_examples = 10_000  # held out of the training data to pick the lr (sweeps only)
+  # Several: each trains side by side on the same features, the best on eval.val_examples is
+  # tested; a warning names a best lr at either end of the grid (the optimum may lie beyond it).
+  # Log-spaced over three decades, so that the grid brackets the optimum of most encoders.
+  c.eval.base_lrs = LINEAR_EVAL_LRS
+  # Held out of the training data to pick the lr (sweeps only), at most a fifth of it.
+  c.eval.val_examples = 10_000
   c.eval.train_augment = "crop_flip"  # augmentation preset of training views; "none": centre crops
   c.eval.weight_decay = 0.0
+  # Linear evaluation on standardised features: each dimension shifted and scaled by its mean and
+  # standard deviation over the training set's evaluation views (a departure from the paper,
+  # whose classifier reads the raw representation; later protocols standardise, which makes one
+  # lr grid fit encoders of any scale).
+  c.eval.standardize_features = False
   c.eval.label_fraction = 1.0  # finetune: fraction of the labelled training data used
   c.eval.label_seed = 0  # finetune: seed of the stratified label subset
   c.eval.log_every_steps = 100
   c.eval.output = ""  # embed: .npz file; export_torch: .pt file (default: in the workdir)
+  # report: how the embeddings map is drawn ("auto": UMAP if installed, else t-SNE if
+  # scikit-learn is, else PCA) and at most how many embeddings it shows (a random subset).
+  c.eval.map_method = "auto"
+  c.eval.map_points = 5000
   # Monitoring during pretraining: weighted kNN on the frozen online encoder every N steps
   # (0 = off), between a labelled training subset and held-out data.
   c.eval.knn_every_steps = 0
@@ -371,6 +407,13 @@ def _validate_run(config: ml_collections.ConfigDict) -> None:
       f"must be set: config.mode={config.mode!r} reads the encoder from it",
       "--config.checkpoint=<training workdir or checkpoint>",
     )
+  if config.mode == "report" and not config.checkpoint:
+    _fail(
+      config,
+      "checkpoint",
+      "must be set: config.mode='report' draws the run (or embeddings.npz) it names",
+      "--config.checkpoint=<training workdir>",
+    )
 
 
 def _validate_data(config: ml_collections.ConfigDict) -> None:
@@ -394,14 +437,17 @@ def _validate_data(config: ml_collections.ConfigDict) -> None:
   for field in ("data.train_split", "data.eval_split"):
     if not _value(config, field):
       _fail(config, field, "must name a split")
-  _int_at_least(config, "data.image_size", 8, "(pixels)")
+  if config.mode in CHECKPOINT_MODES:
+    _size_or_zero(config, "data.image_size", "the checkpoint's evaluation view")
+  else:
+    _int_at_least(config, "data.image_size", 8, "(pixels)")
   _size_or_zero(config, "data.eval_image_size", "data.image_size")
   # Evaluation views are resized to eval_resize, then centre-cropped; linear evaluation and
   # fine-tuning crop data.image_size, pretraining runs (kNN monitor, load_encoder) their
   # evaluation size.
-  crop_field = "image_size" if config.mode in ("linear_eval", "finetune") else "eval_image_size"
+  crop_field = "image_size" if config.mode in CLASSIFIER_MODES else "eval_image_size"
   crop = d.image_size if crop_field == "image_size" else eval_image_size(d)
-  if not _is_int(d.eval_resize) or d.eval_resize < crop:
+  if crop and (not _is_int(d.eval_resize) or d.eval_resize < crop):
     _fail(
       config,
       "data.eval_resize",
@@ -477,6 +523,8 @@ def _validate_loop(config: ml_collections.ConfigDict) -> None:
   _int_at_least(config, "log_every_steps", 1)
   _int_at_least(config, "checkpoint_every_steps", 1)
   _int_at_least(config, "keep_checkpoints", 1)
+  _one_of(config, "stop_on_collapse", (False, True))
+  _one_of(config, "model.predictor", (False, True))
 
 
 def _validate_eval(config: ml_collections.ConfigDict) -> None:
@@ -488,7 +536,7 @@ def _validate_eval(config: ml_collections.ConfigDict) -> None:
   lrs = tuple(e.base_lrs)
   if not (lrs and all(_is_number(lr) and lr > 0 for lr in lrs)):
     _fail(config, "eval.base_lrs", "must hold positive learning rates")
-  if config.mode in ("linear_eval", "finetune") and len(lrs) > 1:
+  if config.mode in CLASSIFIER_MODES and len(lrs) > 1:
     # Several lrs: each is scored on val_examples held out of the training split (TFDS: the
     # split's last val_examples records; 0 would make "train[:-0]", an empty training split).
     _int_at_least(
@@ -498,6 +546,9 @@ def _validate_eval(config: ml_collections.ConfigDict) -> None:
       f"(the best of the {len(lrs)} eval.base_lrs is picked on that many training examples)",
     )
   _one_of(config, "eval.train_augment", ("none", *sorted(PRESETS)))
+  _one_of(config, "eval.standardize_features", (False, True))
+  _one_of(config, "eval.map_method", MAP_METHODS)
+  _int_at_least(config, "eval.map_points", 3)
   _number_in(config, "eval.weight_decay", 0.0)
   _number_in(config, "eval.label_fraction", 0.0, 1.0, low_open=True)
   _int_at_least(config, "eval.label_seed", 0)

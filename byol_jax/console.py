@@ -1,4 +1,14 @@
-"""What reaches the console: the project's own lines, not other libraries' repeats of them.
+"""What reaches the console: the project's own lines, not other libraries' chatter or repeats.
+
+By default a command-line run shows the project's lines (start summary, progress, warnings the
+user can act on, errors, end summary) and other libraries' warnings and errors; their INFO
+records (Orbax's per-save reports, JAX's backend probing, TensorFlow's C++ start-up banners) are
+off. ``--verbosity=0`` (absl's flag: 0 is INFO, 1 DEBUG) brings them back
+(:func:`set_library_verbosity`).
+
+Reading an encoder's arrays out of a checkpoint makes Orbax warn that the item folder has no
+metadata file of its own (it sits one level up, with the step): harmless, and dropped while
+``byol_jax`` reads (:func:`without_missing_metadata_warning`).
 
 When a checkpoint read or write fails (a damaged file, a full disk), Orbax's worker threads report
 the failure once more after the main thread has raised it and closed their event loop: a
@@ -9,8 +19,43 @@ The main thread's error already says what happened, in one line; these are dropp
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import os
 import sys
+from collections.abc import Iterator
+
+from absl import logging as absl_logging
+
+# TensorFlow's C++ log level: 1 hides its INFO lines (banners), keeps warnings and errors.
+_TF_QUIET, _TF_ALL = "1", "0"
+
+
+def set_library_verbosity(verbose: bool) -> None:
+  """Other libraries' INFO records on (``verbose``) or off, warnings and errors always on.
+
+  Call it before TensorFlow is imported (its C++ logging reads the environment once). An
+  explicit ``TF_CPP_MIN_LOG_LEVEL`` in the environment is left as it is.
+  """
+  os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", _TF_ALL if verbose else _TF_QUIET)
+  if not verbose:
+    absl_logging.set_verbosity(absl_logging.WARNING)
+
+
+class _MissingItemMetadata(logging.Filter):
+  def filter(self, record: logging.LogRecord) -> bool:
+    return not record.getMessage().startswith("Metadata file does not exist")
+
+
+@contextlib.contextmanager
+def without_missing_metadata_warning() -> Iterator[None]:
+  """Drops Orbax's "Metadata file does not exist" warning (see the module docstring) inside."""
+  logger, dropped = logging.getLogger("absl"), _MissingItemMetadata()
+  logger.addFilter(dropped)
+  try:
+    yield
+  finally:
+    logger.removeFilter(dropped)
 
 
 def _is_closed_loop_report(unraisable) -> bool:

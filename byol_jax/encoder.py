@@ -24,7 +24,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from byol_jax import checkpointing, config_base, config_diff, cpu_ops, models
+from byol_jax import checkpointing, config_base, config_diff, console, cpu_ops, models
 from byol_jax.data import device_augment
 from byol_jax.errors import UserError
 
@@ -156,14 +156,15 @@ def _restore_arrays(directory: str, step: int, keys: tuple[str, ...]) -> dict[st
   path = os.path.join(directory, str(step), "state")
   checkpointer = ocp.PyTreeCheckpointer()
   try:
-    metadata = checkpointer.metadata(path)
-    tree = metadata.item_metadata.tree if hasattr(metadata, "item_metadata") else metadata.tree
-    wanted = {k: tree[k] for k in keys}
-    restore_args = jax.tree.map(lambda _: ocp.RestoreArgs(restore_type=np.ndarray), wanted)
-    restored = checkpointer.restore(
-      path,
-      args=ocp.args.PyTreeRestore(item=wanted, restore_args=restore_args, partial_restore=True),
-    )
+    with console.without_missing_metadata_warning():
+      metadata = checkpointer.metadata(path)
+      tree = metadata.item_metadata.tree if hasattr(metadata, "item_metadata") else metadata.tree
+      wanted = {k: tree[k] for k in keys}
+      restore_args = jax.tree.map(lambda _: ocp.RestoreArgs(restore_type=np.ndarray), wanted)
+      restored = checkpointer.restore(
+        path,
+        args=ocp.args.PyTreeRestore(item=wanted, restore_args=restore_args, partial_restore=True),
+      )
   except (KeyError, ValueError, FileNotFoundError, OSError) as e:
     raise UserError(
       f"Cannot read the checkpoint {path} ({str(e).splitlines()[0][:160]}): "

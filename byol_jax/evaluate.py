@@ -40,6 +40,9 @@ from byol_jax import encoder as encoder_lib
 from byol_jax import features as features_lib
 from byol_jax.data import augment, device_augment, pipeline, sources, subsets
 
+# Per-dimension (mean, scale) of features: the classifier reads (features - mean) * scale.
+Standardization = tuple[np.ndarray, np.ndarray]
+
 # --------------------------------------------------------------------------------------------
 # Data of the evaluations.
 
@@ -105,15 +108,39 @@ def _sgd(total_steps: int, weight_decay: float) -> optax.GradientTransformation:
 # Linear evaluation.
 
 
-def make_linear_step(peak_lrs: np.ndarray, optimizer: optax.GradientTransformation):
+def feature_standardization(features: np.ndarray, eps: float = 1e-6) -> Standardization:
+  """Per-dimension (mean, 1 / std) of ``features`` [N, D]; a constant dimension gets scale
+  ``1 / sqrt(eps)`` and so stays 0 once shifted."""
+  features = np.asarray(features, np.float64)
+  mean = features.mean(axis=0)
+  scale = 1.0 / np.sqrt(features.var(axis=0) + eps)
+  return mean.astype(np.float32), scale.astype(np.float32)
+
+
+def standardize(features, standardization: Standardization | None):
+  """``(features - mean) * scale``; ``features`` unchanged for ``None`` (the paper's protocol)."""
+  if standardization is None:
+    return features
+  mean, scale = standardization
+  return (features - mean) * scale
+
+
+def make_linear_step(
+  peak_lrs: np.ndarray,
+  optimizer: optax.GradientTransformation,
+  standardization: Standardization | None = None,
+):
   """``step(clf, opt_state, features, labels) -> (clf, opt_state, losses)`` for L classifiers.
 
-  ``clf = {"w": [L, D, C], "b": [L, C]}``; classifier l has peak lr ``peak_lrs[l]``. Runs under
-  ``pmap`` over ``parallel.AXIS``: gradients are averaged over the global batch.
+  ``clf = {"w": [L, D, C], "b": [L, C]}``; classifier l has peak lr ``peak_lrs[l]``; with
+  ``standardization`` (:func:`feature_standardization`) the classifiers read standardised
+  features. Runs under ``pmap`` over ``parallel.AXIS``: gradients are averaged over the global
+  batch.
   """
   lrs = jnp.asarray(peak_lrs, jnp.float32)
 
   def loss_fn(clf, features, labels):
+    features = standardize(features, standardization)
     logits = jnp.einsum("nd,ldc->lnc", features, clf["w"]) + clf["b"][:, None, :]
     ce = optax.softmax_cross_entropy_with_integer_labels(logits, labels[None, :])
     per_classifier = jnp.mean(ce, axis=1)
@@ -162,20 +189,34 @@ def _checkpoint_and_sources(config: ml_collections.ConfigDict, task: str):
   weights = encoder_lib.restore_encoder(config.checkpoint)
   encoder_lib.check_architecture(weights.spec, config.model, weights.source)
   parallel.check_devices(config.eval.batch_size)
+  config = _with_checkpoint_view(config, weights)
   train_src = run_data.make_source(config, config.data.train_split)
   run_data.require_labels(train_src, task)
   test_src = run_data.heldout_source(config)
   run_data.require_labels(test_src, task)
-  return weights, train_src, test_src, max(train_src.num_classes, test_src.num_classes)
+  return config, weights, train_src, test_src, max(train_src.num_classes, test_src.num_classes)
+
+
+def _with_checkpoint_view(config: ml_collections.ConfigDict, weights: encoder_lib.EncoderWeights):
+  """``config``, or for ``data.image_size = 0`` a copy with the checkpoint run's evaluation view
+  (``data.eval_image_size`` and ``data.eval_resize``, as ``load_encoder`` uses)."""
+  if config.data.image_size:
+    return config
+  config = config.copy_and_resolve_references()
+  size, resize = config_base.eval_view_sizes(weights.config.data)
+  config.data.image_size, config.data.eval_resize = size, resize
+  return config
 
 
 def _validation_split(
-  train_src: sources.DataSource, config: ml_collections.ConfigDict, count: int
+  train_src: sources.DataSource, config: ml_collections.ConfigDict
 ) -> tuple[sources.DataSource, sources.DataSource | None]:
-  """(training, validation) sources: ``count`` examples carved off to choose among several
-  learning rates; no validation source for a single one."""
+  """(training, validation) sources: ``eval.val_examples`` examples, at most a fifth of the
+  training data, carved off to choose among several learning rates; no validation source for a
+  single one."""
   if len(config.eval.base_lrs) == 1:
     return train_src, None
+  count = min(config.eval.val_examples, train_src.num_examples // 5)
   return run_data.split_off(train_src, config, count, config.seed)
 
 
@@ -223,40 +264,71 @@ def _train_loop(
 # Linear evaluation.
 
 
-def _linear_training_stream(config, p_encode, enc_params, enc_state, train_src):
-  """Endless (features, labels) device batches of the training set for the classifiers."""
-  view = _train_view(config)
-  if view is not None:
-    return (
-      (p_encode(enc_params, enc_state, parallel.shard(b["image"])), parallel.shard(b["label"]))
-      for b in _augmented_batches(train_src, config, view)
-    )
-  # Frozen encoder and fixed views: encode the training set once. Every process keeps the
-  # features of all processes' shards (as one process would), so the global batches are drawn
-  # from the whole training set.
+def _training_features(config, p_encode, enc_params, enc_state, train_src):
+  """Features and labels of the whole training set's evaluation views, on every process.
+
+  Every process keeps the features of all processes' shards (as one process would), so that
+  the global batches are drawn from the whole training set and the standardisation is the same
+  everywhere.
+  """
   image_size, resize = config.data.image_size, config.data.eval_resize
   eval_bs = features_lib.eval_batch_size(config.eval.batch_size)
-  feats, labels = features_lib.extract_features(
+  return features_lib.extract_features(
     p_encode,
     enc_params,
     enc_state,
     features_lib.eval_views(train_src, image_size, resize, eval_bs),
     gather=True,
   )
+
+
+def _linear_training_stream(config, p_encode, enc_params, enc_state, train_src, features):
+  """Endless (features, labels) device batches of the training set for the classifiers.
+
+  With augmented views, each batch is encoded as it comes; without (``eval.train_augment =
+  "none"``), from ``features``, the training set encoded once (:func:`_training_features`).
+  """
+  view = _train_view(config)
+  if view is not None:
+    return (
+      (p_encode(enc_params, enc_state, parallel.shard(b["image"])), parallel.shard(b["label"]))
+      for b in _augmented_batches(train_src, config, view)
+    )
   batches = _feature_batches(
-    feats, labels, config.eval.batch_size, config.seed, jax.process_index(), jax.process_count()
+    *features, config.eval.batch_size, config.seed, jax.process_index(), jax.process_count()
   )
   return ((parallel.shard(f), parallel.shard(y)) for f, y in batches)
 
 
-def _linear_scores(config, p_encode, enc_params, enc_state, clf, source):
+def _linear_scores(config, p_encode, enc_params, enc_state, clf, standardization, source):
   """Every classifier's scores [L, N, C] of this process's examples of ``source``, and labels."""
   image_size, resize = config.data.image_size, config.data.eval_resize
   eval_bs = features_lib.eval_batch_size(config.eval.batch_size)
   feats, labels = features_lib.extract_features(
     p_encode, enc_params, enc_state, features_lib.eval_views(source, image_size, resize, eval_bs)
   )
+  feats = standardize(feats, standardization)
   return np.einsum("nd,ldc->lnc", feats, clf["w"]) + clf["b"][:, None, :], labels
+
+
+def lr_grid_warning(base_lrs: list[float], best: int) -> str | None:
+  """A warning when ``base_lrs[best]`` (chosen on validation) is the smallest or the largest of
+  a grid of several: the optimum may lie beyond it. None otherwise."""
+  if len(set(base_lrs)) < 2:
+    return None
+  chosen, low, high = base_lrs[best], min(base_lrs), max(base_lrs)
+  if chosen not in (low, high):
+    return None
+  ordered = sorted(set(base_lrs))
+  if chosen == low:
+    end, extended = "smallest", [low * low / ordered[1], *ordered]
+  else:
+    end, extended = "largest", [*ordered, high * high / ordered[-2]]
+  grid = ",".join(f"{lr:.3g}" for lr in extended)
+  return (
+    f"the chosen base lr {chosen:g} is the {end} of eval.base_lrs: the best lr may lie beyond "
+    f"the grid; extend it, e.g. --config.eval.base_lrs='({grid})'."
+  )
 
 
 def _choose_and_test(score_fn, val_src, test_src, base_lrs: list[float]) -> dict:
@@ -276,20 +348,57 @@ def _choose_and_test(score_fn, val_src, test_src, base_lrs: list[float]) -> dict
   results["base_lr"] = base_lrs[best]
   results["top1"], results["top5"] = accuracy[0].tolist()
   results["test_examples"] = count
+  return _note_grid_edge(results, base_lrs, best)
+
+
+def _note_grid_edge(results: dict, base_lrs: list[float], best: int) -> dict:
+  """``results`` with ``lr_warning`` (:func:`lr_grid_warning`) where the best lr is at an end."""
+  warning = lr_grid_warning(base_lrs, best)
+  if warning:
+    results["lr_warning"] = warning
   return results
 
 
+def _print_result(what: str, results: dict) -> None:
+  """The result line (process 0), and the lr grid's warning line if any."""
+  if jax.process_index() != 0:
+    return
+  print(
+    f"{what}: top-1 {100 * results['top1']:.2f}%, top-5 {100 * results['top5']:.2f}% on "
+    f"{results['test_examples']} test images (base lr {results['base_lr']}).",
+    flush=True,
+  )
+  if "lr_warning" in results:
+    print(f"warning: {results['lr_warning']}", flush=True)
+
+
 def linear_eval(config: ml_collections.ConfigDict, workdir: str) -> dict:
-  """The paper's linear evaluation of ``config.checkpoint``; returns (and writes) the results."""
-  weights, train_src, test_src, num_classes = _checkpoint_and_sources(config, "Linear evaluation")
-  train_src, val_src = _validation_split(train_src, config, config.eval.val_examples)
+  """The paper's linear evaluation of ``config.checkpoint`` (on standardised features with
+  ``eval.standardize_features``); returns (and writes) the results."""
+  config, weights, train_src, test_src, num_classes = _checkpoint_and_sources(
+    config, "Linear evaluation"
+  )
+  train_src, val_src = _validation_split(train_src, config)
   batch_size = config.eval.batch_size
   base_lrs = [float(lr) for lr in config.eval.base_lrs]
   p_encode = _pmapped_encode(weights, config.model.conv_impl)
   enc_params, enc_state = parallel.replicate((weights.params, weights.state))
   dim = encoder_lib.feature_dim(weights.spec)
-
+  standardized = bool(config.eval.standardize_features)
   total = _num_steps(config, train_src.num_examples)
+  if jax.process_index() == 0:
+    print(
+      f"Linear evaluation of {weights.source} ({weights.spec.name}, {dim}-d "
+      f"{'standardised ' if standardized else ''}features of {config.data.image_size}x"
+      f"{config.data.image_size} views): {train_src.num_examples} training images, {total} "
+      f"steps of batch {batch_size}, base lrs {base_lrs}.",
+      flush=True,
+    )
+  features = None
+  if standardized or _train_view(config) is None:
+    features = _training_features(config, p_encode, enc_params, enc_state, train_src)
+  standardization = feature_standardization(features[0]) if standardized else None
+
   peak_lrs = np.array([schedules.scaled_learning_rate(lr, batch_size) for lr in base_lrs])
   optimizer = _sgd(total, config.eval.weight_decay)
   clf = dict(
@@ -298,32 +407,26 @@ def linear_eval(config: ml_collections.ConfigDict, workdir: str) -> dict:
   )
   carry = parallel.replicate((clf, optimizer.init(clf)))
   p_step = jax.pmap(
-    make_linear_step(peak_lrs, optimizer), axis_name=parallel.AXIS, donate_argnums=(0, 1)
+    make_linear_step(peak_lrs, optimizer, standardization),
+    axis_name=parallel.AXIS,
+    donate_argnums=(0, 1),
   )
-  is_main = jax.process_index() == 0
-  if is_main:
-    print(
-      f"Linear evaluation of {weights.source} ({weights.spec.name}, {dim}-d features): "
-      f"{train_src.num_examples} training images, {total} steps of batch {batch_size}, "
-      f"base lrs {base_lrs}.",
-      flush=True,
-    )
-  stream = _linear_training_stream(config, p_encode, enc_params, enc_state, train_src)
+  stream = _linear_training_stream(config, p_encode, enc_params, enc_state, train_src, features)
   clf, _ = _train_loop(p_step, carry, stream, total, "linear eval", config.eval.log_every_steps)
   clf = parallel.unreplicate(clf)
 
   def scores(source):
-    return _linear_scores(config, p_encode, enc_params, enc_state, clf, source)
+    return _linear_scores(config, p_encode, enc_params, enc_state, clf, standardization, source)
 
-  results = dict(checkpoint=weights.source, checkpoint_step=weights.step, steps=total)
+  results = dict(
+    checkpoint=weights.source,
+    checkpoint_step=weights.step,
+    steps=total,
+    image_size=config.data.image_size,
+    standardize_features=standardized,
+  )
   results.update(_choose_and_test(scores, val_src, test_src, base_lrs))
-  if is_main:
-    print(
-      f"Linear evaluation: top-1 {100 * results['top1']:.2f}%, top-5 "
-      f"{100 * results['top5']:.2f}% on {results['test_examples']} test images "
-      f"(base lr {results['base_lr']}).",
-      flush=True,
-    )
+  _print_result("Linear evaluation", results)
   _write_results(workdir, "linear_eval", results, total)
   return results
 
@@ -417,10 +520,9 @@ def _finetuned_accuracy(config, p_encode, params, state, val_src, test_src):
 
 def finetune(config: ml_collections.ConfigDict, workdir: str) -> dict:
   """Fine-tunes ``config.checkpoint`` on ``eval.label_fraction`` of the labels; returns results."""
-  weights, full, test_src, num_classes = _checkpoint_and_sources(config, "Fine-tuning")
+  config, weights, full, test_src, num_classes = _checkpoint_and_sources(config, "Fine-tuning")
   train_src, chosen = _label_subset(config, full, workdir)
-  val_count = min(config.eval.val_examples, train_src.num_examples // 5)
-  train_src, val_src = _validation_split(train_src, config, val_count)
+  train_src, val_src = _validation_split(train_src, config)
   network = encoder_lib.encoder_network(
     weights.spec,
     bn_decay=weights.bn_decay,
@@ -454,7 +556,8 @@ def finetune(config: ml_collections.ConfigDict, workdir: str) -> dict:
     )
     runs.append((base_lr, *_finetuned_accuracy(config, p_encode, params, state, val_src, test_src)))
   # Every process picks the same lr: the accuracies are over all processes' examples.
-  base_lr, val_top1, (top1, top5), count = max(runs, key=lambda run: run[1] or 0.0)
+  best = max(range(len(runs)), key=lambda i: runs[i][1] or 0.0)
+  base_lr, val_top1, (top1, top5), count = runs[best]
   results: dict = dict(
     checkpoint=weights.source,
     checkpoint_step=weights.step,
@@ -468,12 +571,8 @@ def finetune(config: ml_collections.ConfigDict, workdir: str) -> dict:
   )
   if val_top1 is not None:
     results["val_top1"] = val_top1
-  if is_main:
-    print(
-      f"Fine-tuning on {100 * config.eval.label_fraction:g}% of the labels: top-1 "
-      f"{100 * top1:.2f}%, top-5 {100 * top5:.2f}% on {count} test images (base lr {base_lr}).",
-      flush=True,
-    )
+  _note_grid_edge(results, [run[0] for run in runs], best)
+  _print_result(f"Fine-tuning on {100 * config.eval.label_fraction:g}% of the labels", results)
   _write_results(workdir, "finetune", results, total)
   return results
 
@@ -492,6 +591,7 @@ def embed(config: ml_collections.ConfigDict, workdir: str) -> str:
   config_base.validate_config(config)
   encoder = encoder_lib.load_encoder(config.checkpoint)
   encoder_lib.check_architecture(encoder.spec, config.model, encoder.weights.source)
+  config = _with_checkpoint_view(config, encoder.weights)
   if config.data.source == "folder":
     source = sources.folder_source(config.data.path)
   else:

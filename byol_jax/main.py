@@ -59,10 +59,12 @@ def _load_config():
 def _run(argv) -> None:
   if len(argv) > 1:
     raise UserError(f"Unexpected arguments {argv[1:]}: options go as --flag=value.")
+  FLAGS = flags.FLAGS
+  # Other libraries' INFO lines only when asked for (--verbosity=0 or higher).
+  console.set_library_verbosity(FLAGS["verbosity"].present)
   config = _load_config()
   config_base.validate_config(config)
   console.drop_repeated_checkpoint_errors()
-  FLAGS = flags.FLAGS
   import jax
 
   jax.config.update("jax_default_prng_impl", config.prng_impl)
@@ -111,6 +113,15 @@ def _dispatch(config, workdir: str, signals) -> None:
     from byol_jax import interop
 
     interop.import_original(config.checkpoint, workdir)
+  elif config.mode == "report":
+    from byol_jax import report
+
+    written = report.report(
+      config.checkpoint, workdir, config.eval.map_method, config.eval.map_points
+    )
+    print(
+      f"Wrote {len(written)} picture(s) to {workdir}: {', '.join(map(os.path.basename, written))}."
+    )
 
 
 def main(argv) -> None:

@@ -69,6 +69,8 @@ class HeadSpec:
   projector_hidden: int = 4096
   projector_output: int = 256
   predictor_hidden: int = 4096
+  # False: no predictor, the online projection is its own prediction (the BYOL paper's ablation).
+  predictor: bool = True
 
 
 def group_count(channels: int) -> int:
@@ -382,9 +384,13 @@ def make_byol_network(
     )
     out = dict(embedding=embedding, projection=projection)
     if with_predictor:
-      out["prediction"] = MLP(
-        heads.predictor_hidden, heads.projector_output, bn_config, "predictor", norm
-      )(projection, is_training)
+      out["prediction"] = (
+        MLP(heads.predictor_hidden, heads.projector_output, bn_config, "predictor", norm)(
+          projection, is_training
+        )
+        if heads.predictor
+        else projection
+      )
       if num_classes > 0:
         out["logits"] = hk.Linear(num_classes, name="linear_probe")(
           jax.lax.stop_gradient(embedding)

@@ -25,6 +25,7 @@ from absl import logging
 from byol_jax import (
   byol,
   checkpointing,
+  collapse,
   config_base,
   config_diff,
   cpu_ops,
@@ -55,6 +56,7 @@ def head_spec(config: ml_collections.ConfigDict) -> models.HeadSpec:
     projector_hidden=config.model.projector_hidden,
     projector_output=config.model.projector_output,
     predictor_hidden=config.model.predictor_hidden,
+    predictor=config.model.predictor,
   )
 
 
@@ -209,6 +211,7 @@ def update_step(
     device_colour_ops=views if on_device or not config.data.host_colour_ops else None,
     grad_accum_steps=config.optim.grad_accum_steps,
     device_crop_size=config.data.image_size if on_device else 0,
+    rank_every=config.log_every_steps,
   )
 
 
@@ -252,6 +255,7 @@ class TrainingLoop:
   writer: writers.MetricWriter
   progress: writers.Progress
   knn_monitor: Any = None
+  alarm: collapse.CollapseAlarm | None = None
   last: dict[str, float] = dataclasses.field(default_factory=dict)
 
   def run(self, state, device_batches, signals: preemption.StopSignals) -> tuple[int, bool]:
@@ -295,6 +299,7 @@ class TrainingLoop:
         scalars["images_per_s"] = self.progress.update(step, scalars)
         self.writer.write(step, scalars)
         self.last = scalars
+        self.watch_collapse(step, scalars)
       if is_ckpt:
         self.save(step, state)
     if self.knn_monitor is not None and self.knn_monitor.due(step, total):
@@ -304,6 +309,12 @@ class TrainingLoop:
         print(" | ".join(f"{k} {v:.4f}" for k, v in knn.items()), flush=True)
       self.progress.start(step)  # the throughput excludes the monitor's time
     return is_ckpt
+
+  def watch_collapse(self, step: int, scalars: dict[str, float]) -> None:
+    """Prints the collapse alarm's warning (once); with ``stop_on_collapse`` it raises."""
+    warning = self.alarm.observe(step, scalars) if self.alarm is not None else None
+    if warning and jax.process_index() == 0:
+      print(warning, flush=True)
 
   def save(self, step: int, state) -> None:
     """Checkpoints the (replicated) state, unless it is no longer finite."""
@@ -389,7 +400,9 @@ def pretrain(
   # Steps after the checkpoint we resume from are recomputed: drop their stale records.
   writer.truncate_after(start_step)
   progress = writers.Progress(plan.total_steps, config.batch_size, enabled=is_main)
-  loop = TrainingLoop(config, plan, p_update, checkpointer, writer, progress, knn_monitor)
+  loop = TrainingLoop(
+    config, plan, p_update, checkpointer, writer, progress, knn_monitor, collapse_alarm(config)
+  )
   try:
     step, stopped = loop.run(state, prefetch_to_devices(batches), signals)
   finally:
@@ -399,6 +412,17 @@ def pretrain(
   if is_main:
     print(end_summary(step, start_step, stopped, signals, checkpointer, writer), flush=True)
   return loop.last
+
+
+def collapse_alarm(config: ml_collections.ConfigDict) -> collapse.CollapseAlarm:
+  """The run's collapse alarm: the projection's size and the largest possible effective rank
+  (that of view 1's representations over the global batch)."""
+  rank_bound = min(
+    config.batch_size, encoder_lib.feature_dim(encoder_lib.spec_from_config(config.model))
+  )
+  return collapse.CollapseAlarm(
+    config.model.projector_output, rank_bound, stop=config.stop_on_collapse
+  )
 
 
 def end_summary(

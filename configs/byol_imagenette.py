@@ -14,7 +14,6 @@ monitor's lines. Imagenette's images differ in size, so the input stays on tf.da
   python -m byol_jax.main --config=configs/byol_imagenette.py --workdir=runs/byol_imagenette
   python -m byol_jax.main --config=configs/linear_eval_cifar10.py \
     --config.data.name=imagenette/160px --config.data.eval_split=validation \
-    --config.data.image_size=128 --config.data.eval_resize=146 \
     --config.checkpoint=runs/byol_imagenette --workdir=runs/byol_imagenette/linear
 """
 

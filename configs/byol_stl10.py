@@ -11,7 +11,6 @@ images fit in memory (2.7 GiB as uint8), so ``data.pipeline="device"``.
 
   python -m byol_jax.main --config=configs/byol_stl10.py --workdir=runs/byol_stl10
   python -m byol_jax.main --config=configs/linear_eval_cifar10.py --config.data.name=stl10 \
-    --config.data.image_size=96 --config.data.eval_resize=96 \
     --config.checkpoint=runs/byol_stl10 --workdir=runs/byol_stl10/linear
 """
 

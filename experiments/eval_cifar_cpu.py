@@ -16,8 +16,8 @@ Evaluation views are the run's (``data.eval_image_size``, which may upsample the
 ``--nobaselines`` evaluates the BYOL encoder alone (a minute instead of several: raw pixels'
 3072-d probe is the slow part), for comparing short runs.
 
-Writes ``training_curves.png`` (loss and kNN top-1 over training, from metrics.jsonl) to --out
-(default: the workdir). The last line printed is one JSON object with every figure.
+Writes the run's curves (``byol_jax.report``: loss, schedules, kNN top-1, collapse signals,
+throughput, from metrics.jsonl) to --out (default: the workdir). The last line printed is one JSON object with every figure.
 """
 
 from __future__ import annotations
@@ -30,13 +30,13 @@ import jax
 import numpy as np
 from absl import app, flags
 
-from byol_jax import config_base, probes
+from byol_jax import config_base, console, probes, report
 from byol_jax import encoder as encoder_lib
 from byol_jax.data import device_augment, pipeline, sources
 from byol_jax.errors import UserError
 
 _WORKDIR = flags.DEFINE_string("workdir", None, "The pretraining workdir (or a checkpoint folder).")
-_OUT = flags.DEFINE_string("out", None, "Where the plot goes (default: the workdir).")
+_OUT = flags.DEFINE_string("out", None, "Where the plots go (default: the workdir).")
 _TRAIN_EXAMPLES = flags.DEFINE_integer("train_examples", 10_000, "Labelled training subset size.")
 _SEED = flags.DEFINE_integer("seed", 0, "Seed of the training subset and of the random encoder.")
 _IMAGE_SIZE = flags.DEFINE_integer(
@@ -86,34 +86,6 @@ def random_encoder(
   )
 
 
-def plot_curves(metrics_path: str, out_path: str) -> bool:
-  """Loss and kNN top-1 against the step, side by side; False when there are no metrics."""
-  if not os.path.exists(metrics_path):
-    return False
-  import matplotlib
-
-  matplotlib.use("Agg")
-  import matplotlib.pyplot as plt
-
-  with open(metrics_path) as f:
-    records = [json.loads(line) for line in f if line.strip()]
-  loss = [(r["step"], r["loss"]) for r in records if "loss" in r]
-  knn = [(r["step"], r["knn_top1"]) for r in records if "knn_top1" in r]
-  fig, axes = plt.subplots(1, 2, figsize=(10, 3.6))
-  if loss:
-    axes[0].plot(*zip(*loss))
-  axes[0].set(xlabel="step", ylabel="BYOL loss", title="training loss")
-  if knn:
-    axes[1].plot(*zip(*knn), marker="o")
-  axes[1].set(xlabel="step", ylabel="top-1", title="kNN top-1 on the hold-out (k=200)")
-  for ax in axes:
-    ax.grid(alpha=0.3)
-  fig.tight_layout()
-  fig.savefig(out_path, dpi=120)
-  plt.close(fig)
-  return True
-
-
 def evaluate(name: str, train_x, train_y, test_x, test_y, num_classes: int) -> dict[str, float]:
   t = time.perf_counter()
   linear = probes.linear_probe(train_x, train_y, test_x, test_y, num_classes, seed=_SEED.value)
@@ -129,6 +101,7 @@ def evaluate(name: str, train_x, train_y, test_x, test_y, num_classes: int) -> d
 
 def main(argv) -> None:
   del argv
+  console.set_library_verbosity(flags.FLAGS["verbosity"].present)
   if not _WORKDIR.value:
     raise UserError("Pass --workdir=<the pretraining workdir>.")
   weights = encoder_lib.restore_encoder(_WORKDIR.value)
@@ -175,10 +148,9 @@ def main(argv) -> None:
     _WORKDIR.value if os.path.isdir(os.path.join(_WORKDIR.value, "checkpoints")) else "."
   )
   os.makedirs(out, exist_ok=True)
-  workdir = os.path.dirname(os.path.dirname(weights.source))
-  plot = os.path.join(out, "training_curves.png")
-  if plot_curves(os.path.join(workdir, "metrics.jsonl"), plot):
-    results["plot"] = plot
+  metrics = os.path.join(os.path.dirname(os.path.dirname(weights.source)), "metrics.jsonl")
+  if os.path.isfile(metrics):
+    results["plots"] = report.plot_curves(report.read_metrics(metrics), out)
   print(json.dumps(results))
 
 

@@ -137,6 +137,9 @@ _SWEEP = {
     ("seed", -1, {}),
     ("prng_impl", "mt19937", {}),
     ("data.image_size", 4, {}),
+    ("data.image_size", 0, {}),  # 0 (the checkpoint's view) only where a checkpoint is read
+    ("data.image_size", 4, _SWEEP),
+    ("data.image_size", -1, {**_SWEEP, "mode": "embed"}),
     ("data.eval_image_size", 4, {}),
     ("data.eval_resize", 24, {"data.image_size": 32}),
     ("data.eval_resize", 32, {"data.image_size": 16, "data.eval_image_size": 64}),
@@ -221,6 +224,10 @@ def test_zero_means_off_and_unused_values_are_accepted():
   # One base lr: nothing is held out, so eval.val_examples is not used.
   config_base.set_fields(config, {**_SWEEP, "eval.base_lrs": (0.4,), "eval.val_examples": 0})
   config_base.validate_config(config)
+  # Evaluations at the checkpoint's own view (its size and resize).
+  for mode in ("linear_eval", "finetune", "embed"):
+    config_base.set_fields(config, {"mode": mode, "data.image_size": 0, "data.eval_resize": 1})
+    config_base.validate_config(config)
 
 
 def test_pretrain_checks_the_config_before_any_work(tmp_path):

@@ -14,7 +14,17 @@ from PIL import Image
 from tiny import REPO, read_metrics
 
 import byol_jax
-from byol_jax import checkpointing, config_base, evaluate, models, monitor, probes, run_data, train
+from byol_jax import (
+  checkpointing,
+  config_base,
+  evaluate,
+  models,
+  monitor,
+  parallel,
+  probes,
+  run_data,
+  train,
+)
 from byol_jax.data import device_augment, pipeline, sources, subsets
 from byol_jax.errors import UserError
 
@@ -119,10 +129,127 @@ def test_linear_eval_sweeps_learning_rates_and_reports_top1(pretrained, tmp_path
   assert results["base_lr"] in (0.1, 1.0)
   assert set(results["val_top1_per_lr"]) == {"0.1", "1.0"}
   assert results["test_examples"] == 64
-  assert "Linear evaluation: top-1" in capsys.readouterr().out
+  out = capsys.readouterr().out
+  assert "Linear evaluation: top-1" in out
+  # Two lrs: the best is always at an end of the grid, and said so, in the JSON too.
+  assert f"is the {'smallest' if results['base_lr'] == 0.1 else 'largest'} of" in out
+  assert "warning: the chosen base lr" in out
   assert read_metrics(str(tmp_path))[-1]["top1"] == results["top1"]
   with open(tmp_path / "linear_eval.json") as f:
-    assert json.load(f)["top1"] == results["top1"]
+    written = json.load(f)
+  assert (written["top1"], written["lr_warning"]) == (results["top1"], results["lr_warning"])
+
+
+def _numpy_linear_sgd(features, labels, num_classes, peak_lr, batch_size, steps, seed):
+  """The paper's linear classifier trained in numpy: softmax cross-entropy, SGD with Nesterov
+  momentum 0.9 (m = g + 0.9 m; step g + 0.9 m), cosine decay from ``peak_lr`` to 0 over
+  ``steps``, on batches of a fresh ``np.random.default_rng(seed)`` permutation per epoch."""
+  rng = np.random.default_rng(seed)
+  order = np.zeros([0], np.int64)
+  w = np.zeros((features.shape[1], num_classes))
+  b = np.zeros(num_classes)
+  mw, mb = np.zeros_like(w), np.zeros_like(b)
+  for t in range(steps):
+    while len(order) < batch_size:
+      order = np.concatenate([order, rng.permutation(len(labels))])
+    idx, order = order[:batch_size], order[batch_size:]
+    x, y = features[idx].astype(np.float64), labels[idx]
+    logits = x @ w + b
+    p = np.exp(logits - logits.max(axis=1, keepdims=True))
+    p /= p.sum(axis=1, keepdims=True)
+    p[np.arange(batch_size), y] -= 1.0
+    gw, gb = x.T @ p / batch_size, p.mean(axis=0)
+    mw, mb = gw + 0.9 * mw, gb + 0.9 * mb
+    lr = peak_lr * 0.5 * (1 + np.cos(np.pi * t / steps))
+    w, b = w - lr * (gw + 0.9 * mw), b - lr * (gb + 0.9 * mb)
+  return w, b
+
+
+def _numpy_standardize(train, *others):
+  """``train`` and ``others`` shifted and scaled by ``train``'s per-dimension mean and std."""
+  mean, std = train.mean(axis=0), np.sqrt(train.var(axis=0) + 1e-6)
+  return [(x - mean) / std for x in (train, *others)]
+
+
+def test_linear_step_on_standardised_features_matches_numpy():
+  rng = np.random.default_rng(1)
+  # Dimensions of very different offsets and scales: standardisation is what makes one lr fit.
+  features = rng.normal(size=(48, 5)) * [1.0, 100.0, 0.01, 5.0, 1.0] + [0.0, 50.0, -3.0, 0, 7.0]
+  features = features.astype(np.float32)
+  labels = rng.integers(0, 3, 48)
+  lrs, batch, steps = np.array([0.05, 0.5]), 16, 7
+  optimizer = evaluate._sgd(steps, 0.0)
+  stats = evaluate.feature_standardization(features)
+  step = jax.pmap(evaluate.make_linear_step(lrs, optimizer, stats), axis_name=parallel.AXIS)
+  clf = dict(w=np.zeros((2, 5, 3), np.float32), b=np.zeros((2, 3), np.float32))
+  carry = parallel.replicate((clf, optimizer.init(clf)))
+  batches = evaluate._feature_batches(features, labels, batch, seed=3)
+  for _ in range(steps):
+    x, y = next(batches)
+    *carry, _ = step(*carry, parallel.shard(x), parallel.shard(y))
+  clf = parallel.unreplicate(carry[0])
+  (standardized,) = _numpy_standardize(features.astype(np.float64))
+  for i, lr in enumerate(lrs):
+    w, b = _numpy_linear_sgd(standardized, labels, 3, lr, batch, steps, seed=3)
+    np.testing.assert_allclose(clf["w"][i], w, rtol=2e-4, atol=2e-5)
+    np.testing.assert_allclose(clf["b"][i], b, rtol=2e-4, atol=2e-5)
+
+
+def test_linear_eval_on_standardised_features_matches_numpy_on_load_encoder_features(
+  pretrained, tmp_path, capsys
+):
+  """Through ``linear_eval`` (features encoded once, the checkpoint's own view) against the
+  numpy classifier on ``load_encoder``'s features."""
+  steps, batch, base_lr = 12, 16, 2.0
+  config = tiny_config(
+    mode="linear_eval",
+    checkpoint=pretrained,
+    **{
+      "model.encoder": "checkpoint",
+      "data.image_size": 0,
+      "eval.base_lrs": (base_lr,),
+      "eval.batch_size": batch,
+      "eval.num_steps": steps,
+      "eval.standardize_features": True,
+      "eval.train_augment": "none",
+    },
+  )
+  results = evaluate.linear_eval(config, str(tmp_path))
+  assert (results["image_size"], results["standardize_features"]) == (16, True)
+  assert "lr_warning" not in results
+  assert "warning" not in capsys.readouterr().out
+  reference = tiny_config()
+  train_src = run_data.make_source(reference, "train")
+  test_src = run_data.make_source(reference, "test")
+  enc = byol_jax.load_encoder(pretrained)
+  train_x, test_x = _numpy_standardize(
+    enc(train_src.images).astype(np.float64), enc(test_src.images).astype(np.float64)
+  )
+  peak = base_lr * batch / 256
+  w, b = _numpy_linear_sgd(train_x, train_src.labels, 4, peak, batch, steps, reference.seed)
+  want = probes.top_k_accuracy(test_x @ w + b, test_src.labels, 1)
+  assert results["top1"] == pytest.approx(want, abs=1 / 64 + 1e-9)
+
+
+@pytest.mark.parametrize(
+  ("lrs", "best", "end", "suggested"),
+  [
+    ((0.01, 0.1, 1.0), 0, "smallest", "(0.001,0.01,0.1,1)"),
+    ((0.01, 0.1, 1.0), 2, "largest", "(0.01,0.1,1,10)"),
+    ((0.01, 0.1, 1.0), 1, None, None),
+    ((1.0, 0.1, 0.01, 0.03), 0, "largest", "(0.01,0.03,0.1,1,10)"),  # any order
+    ((1.0, 0.1, 0.01, 0.03), 2, "smallest", "(0.00333,0.01,0.03,0.1,1)"),
+    ((1.0, 0.1, 0.01, 0.03), 3, None, None),
+    ((0.4,), 0, None, None),  # one lr: no grid
+  ],
+)
+def test_lr_grid_warning_names_the_end_the_best_lr_sits_at(lrs, best, end, suggested):
+  warning = evaluate.lr_grid_warning(list(lrs), best)
+  if end is None:
+    assert warning is None
+  else:
+    assert f"base lr {lrs[best]:g} is the {end} of eval.base_lrs" in warning
+    assert f"--config.eval.base_lrs='{suggested}'" in warning
 
 
 def test_feature_batches_split_each_global_batch_over_processes():

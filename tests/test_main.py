@@ -4,7 +4,10 @@ import os
 import subprocess
 import sys
 
+import numpy as np
 import pytest
+from PIL import Image
+from tiny import tiny_flags
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -70,3 +73,33 @@ def test_empty_image_folder_gives_one_line(tmp_path):
     f"--config.data.path={tmp_path / 'images'}",
   )
   assert_one_line_error(result, str(tmp_path / "images"))
+
+
+def _write_image_folder(root, classes=2, per_class=8):
+  rng = np.random.default_rng(0)
+  for c in range(classes):
+    (root / f"class_{c}").mkdir(parents=True)
+    for i in range(per_class):
+      pixels = rng.integers(0, 255, (20, 20, 3), dtype=np.uint8)
+      Image.fromarray(pixels).save(root / f"class_{c}" / f"{i}.jpg")
+
+
+def test_console_shows_the_projects_lines_only_unless_verbose(tmp_path):
+  """A short run on an image folder (TensorFlow reads it, Orbax saves twice): by default every
+  console line is the project's; ``--verbosity=0`` brings the libraries' INFO lines back."""
+  _write_image_folder(tmp_path / "images")
+  args = [
+    *tiny_flags(**{"data.source": "folder", "data.path": tmp_path / "images"}),
+    "--config.num_steps=4",
+    "--config.log_every_steps=2",
+    "--config.checkpoint_every_steps=2",
+  ]
+  quiet = run_main(f"--workdir={tmp_path / 'quiet'}", *args)
+  assert quiet.returncode == 0, quiet.stderr[-3000:]
+  lines = (quiet.stdout + quiet.stderr).splitlines()
+  ours = ("BYOL pretraining: ", "step 2/4 | ", "step 4/4 | ", "Done: 4 steps.")
+  assert [next(p for p in ours if line.startswith(p)) for line in lines] == list(ours), lines
+  verbose = run_main(f"--workdir={tmp_path / 'verbose'}", *args, "--verbosity=0")
+  assert verbose.returncode == 0, verbose.stderr[-3000:]
+  assert "Saving checkpoint at step 4" in verbose.stderr
+  assert len(verbose.stderr.splitlines()) > 20
