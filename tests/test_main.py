@@ -98,7 +98,7 @@ def test_console_shows_the_projects_lines_only_unless_verbose(tmp_path):
   assert quiet.returncode == 0, quiet.stderr[-3000:]
   lines = (quiet.stdout + quiet.stderr).splitlines()
   ours = ("BYOL pretraining: ", "step 2/4 | ", "step 4/4 | ", "Done: 4 steps.")
-  assert [next(p for p in ours if line.startswith(p)) for line in lines] == list(ours), lines
+  assert [next((p for p in ours if line.startswith(p)), line) for line in lines] == list(ours)
   verbose = run_main(f"--workdir={tmp_path / 'verbose'}", *args, "--verbosity=0")
   assert verbose.returncode == 0, verbose.stderr[-3000:]
   assert "Saving checkpoint at step 4" in verbose.stderr
