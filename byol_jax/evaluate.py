@@ -264,29 +264,21 @@ def _train_loop(
 # Linear evaluation.
 
 
-def _training_features(config, p_encode, enc_params, enc_state, train_src):
-  """Features and labels of the whole training set's evaluation views, on every process.
-
-  Every process keeps the features of all processes' shards (as one process would), so that
-  the global batches are drawn from the whole training set and the standardisation is the same
-  everywhere.
-  """
+def _eval_features(config, p_encode, enc_params, enc_state, source, gather: bool = False):
+  """Features and labels of ``source``'s evaluation views at the config's size: this process's
+  shard, or with ``gather`` every process's, on every process (so that global batches are drawn
+  from the whole training set and the standardisation is the same everywhere)."""
   image_size, resize = config.data.image_size, config.data.eval_resize
   eval_bs = features_lib.eval_batch_size(config.eval.batch_size)
-  return features_lib.extract_features(
-    p_encode,
-    enc_params,
-    enc_state,
-    features_lib.eval_views(train_src, image_size, resize, eval_bs),
-    gather=True,
-  )
+  views = features_lib.eval_views(source, image_size, resize, eval_bs)
+  return features_lib.extract_features(p_encode, enc_params, enc_state, views, gather=gather)
 
 
 def _linear_training_stream(config, p_encode, enc_params, enc_state, train_src, features):
   """Endless (features, labels) device batches of the training set for the classifiers.
 
   With augmented views, each batch is encoded as it comes; without (``eval.train_augment =
-  "none"``), from ``features``, the training set encoded once (:func:`_training_features`).
+  "none"``), from ``features``, the training set encoded once (:func:`_eval_features`).
   """
   view = _train_view(config)
   if view is not None:
@@ -302,11 +294,7 @@ def _linear_training_stream(config, p_encode, enc_params, enc_state, train_src, 
 
 def _linear_scores(config, p_encode, enc_params, enc_state, clf, standardization, source):
   """Every classifier's scores [L, N, C] of this process's examples of ``source``, and labels."""
-  image_size, resize = config.data.image_size, config.data.eval_resize
-  eval_bs = features_lib.eval_batch_size(config.eval.batch_size)
-  feats, labels = features_lib.extract_features(
-    p_encode, enc_params, enc_state, features_lib.eval_views(source, image_size, resize, eval_bs)
-  )
+  feats, labels = _eval_features(config, p_encode, enc_params, enc_state, source)
   feats = standardize(feats, standardization)
   return np.einsum("nd,ldc->lnc", feats, clf["w"]) + clf["b"][:, None, :], labels
 
@@ -396,7 +384,7 @@ def linear_eval(config: ml_collections.ConfigDict, workdir: str) -> dict:
     )
   features = None
   if standardized or _train_view(config) is None:
-    features = _training_features(config, p_encode, enc_params, enc_state, train_src)
+    features = _eval_features(config, p_encode, enc_params, enc_state, train_src, gather=True)
   standardization = feature_standardization(features[0]) if standardized else None
 
   peak_lrs = np.array([schedules.scaled_learning_rate(lr, batch_size) for lr in base_lrs])
