@@ -10,6 +10,11 @@ Where the paper's equations are: the normalised-prediction loss and its symmetri
 the target update ξ <- τ ξ + (1 - τ) θ (:func:`target_ema`) with τ annealed by
 ``schedules.target_ema_decay``; the optimiser step (LARS, ``optimizers``) on the warm-up + cosine
 learning rate (``schedules.warmup_cosine``), all composed in :func:`make_update_fn`.
+
+The ablations of the BYOL and SimSiam papers change one of these pieces each (``ByolHParams``):
+the loss (``losses.LossSpec``; the unified InfoNCE objective in ``contrastive``), a constant τ,
+and with a constant τ of 0 no target network at all: the online network's own projections under
+stop-gradient are the targets (SimSiam), and no second copy of the parameters is kept.
 """
 
 from __future__ import annotations
@@ -24,7 +29,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from byol_jax import collapse, losses, models, optimizers, parallel, schedules
+from byol_jax import collapse, contrastive, losses, models, optimizers, parallel, schedules
 from byol_jax.data import device_augment, device_crop
 
 Batch = dict[str, jax.Array]
@@ -58,9 +63,19 @@ class ByolHParams:
   trust_coefficient: float = 1e-3
   optimizer: str = "lars"  # "lars" | "sgd" | "adamw"
   predictor_lr_multiplier: float = 1.0
+  # False: the predictor keeps its peak learning rate (times the multiplier) at every step.
+  predictor_lr_decay: bool = True
+  freeze_predictor: bool = False  # the predictor stays at its random initialisation
+  tau_schedule: str = "cosine"  # or "constant": τ = tau_base throughout
+  loss: losses.LossSpec = dataclasses.field(default_factory=losses.LossSpec)
   # Drop an update whose loss or gradient is not finite, or whose result (parameters, BatchNorm
   # statistics, target, optimiser state) is not, instead of applying it.
   skip_nonfinite: bool = False
+
+  @property
+  def separate_target(self) -> bool:
+    """Whether a target network of its own is kept (``schedules.keeps_target``)."""
+    return schedules.keeps_target(self.tau_schedule, self.tau_base)
 
 
 def make_optimizer(hp: ByolHParams) -> optax.GradientTransformation:
@@ -75,6 +90,8 @@ def make_optimizer(hp: ByolHParams) -> optax.GradientTransformation:
     momentum=hp.momentum,
     trust_coefficient=hp.trust_coefficient,
     predictor_lr_multiplier=hp.predictor_lr_multiplier,
+    predictor_learning_rate=None if hp.predictor_lr_decay else hp.peak_lr,
+    freeze_predictor=hp.freeze_predictor,
   )
 
 
@@ -83,11 +100,15 @@ def init_state(
   optimizer: optax.GradientTransformation,
   rng: jax.Array,
   dummy_images: jax.Array,
+  separate_target: bool = True,
 ) -> TrainState:
-  """Initial state; the target starts as a copy of the online encoder and projector."""
+  """Initial state; the target starts as a copy of the online encoder and projector (none
+  without ``separate_target``: empty target parameters and state)."""
   online_params, online_state = network.init(rng, dummy_images, is_training=True)
   _, target_params = models.split_predictor(online_params)
   _, target_state = models.split_predictor(online_state)
+  if not separate_target:
+    target_params, target_state = {}, {}
   return TrainState(
     step=jnp.zeros((), jnp.int32),
     online_params=online_params,
@@ -208,13 +229,17 @@ def _forward(network, params, net_state, views, with_predictor):
 
 
 def _online_loss(
-  network, axis_name, online_params, online_state, views, target_projections, labels
+  network, axis_name, spec, online_params, online_state, views, target_projections, labels
 ):
-  """The symmetrised BYOL loss of the online predictions against the target projections."""
+  """The symmetrised BYOL loss of the online predictions against the target projections (None:
+  the online projections themselves, as SimSiam's, stopped if ``spec.stop_gradient``)."""
   (out_1, out_2), online_state = _forward(network, online_params, online_state, views, True)
-  loss = losses.byol_loss(
-    out_1["prediction"], out_2["prediction"], target_projections[0], target_projections[1]
-  )
+  if target_projections is None:
+    target_projections = (out_1["projection"], out_2["projection"])
+  predictions = (out_1["prediction"], out_2["prediction"])
+  loss = losses.byol_loss(*predictions, *target_projections, spec)
+  if spec.infonce_weight:
+    loss += contrastive.infonce_term(*predictions, *target_projections, spec, axis_name)
   probe = {}
   total = loss
   if "logits" in out_1:
@@ -225,21 +250,27 @@ def _online_loss(
   return total, (online_state, (out_1["projection"], out_1["embedding"]), loss, probe)
 
 
-def batch_gradients(network, axis_name, state: TrainState, bn_states, raw_views, labels, prepare):
+def batch_gradients(
+  network, axis_name, spec, state: TrainState, bn_states, raw_views, labels, prepare
+):
   """Gradients and metrics of one (micro-)batch, and the (online, target) BatchNorm states after.
 
   ``prepare`` turns the input's two views into the network's (:func:`prepare_views`), here, so
   that an accumulated step holds one micro-batch of them at a time, not the whole batch.
+  ``spec`` is the loss (``losses.LossSpec``). Without target parameters (a constant τ of 0) the
+  targets are the online projections of the same forward pass.
   Returns ``(grads, (loss, probe metrics, online (projections, embeddings) of view 1),
   bn_states)``.
   """
   views = prepare(raw_views)
   online_state, target_state = bn_states
-  # The target is evaluated outside the differentiated function: no gradient can reach it and
-  # its activations are not kept for the backward pass.
-  target_outs, target_state = _forward(network, state.target_params, target_state, views, False)
-  target_projections = [jax.lax.stop_gradient(o["projection"]) for o in target_outs]
-  loss_fn = functools.partial(_online_loss, network, axis_name)
+  target_projections = None
+  if state.target_params:
+    # The target is evaluated outside the differentiated function: no gradient can reach it
+    # and its activations are not kept for the backward pass.
+    target_outs, target_state = _forward(network, state.target_params, target_state, views, False)
+    target_projections = [jax.lax.stop_gradient(o["projection"]) for o in target_outs]
+  loss_fn = functools.partial(_online_loss, network, axis_name, spec)
   (_, (online_state, outputs, loss, probe)), grads = jax.value_and_grad(loss_fn, has_aux=True)(
     state.online_params, online_state, views, target_projections, labels
   )
@@ -328,7 +359,8 @@ def make_update_fn(
       :func:`byol_jax.cpu_ops.lowered` and :func:`byol_jax.precision.mixed_precision`, as
       ``train.build_network`` does), built with the same ``axis_name``.
     optimizer: from :func:`make_optimizer`.
-    hp: hyperparameters (for the τ and learning-rate schedules reported in the metrics).
+    hp: hyperparameters: the loss, the τ schedule and the learning-rate schedule reported in
+      the metrics; the state must hold target parameters exactly when ``hp.separate_target``.
     axis_name: the ``pmap`` axis spanning all devices; None to run without ``pmap``.
     device_colour_ops: (T, T') parameters to apply colour jitter, grayscale, blur and
       solarisation inside the step; None when the input pipeline already did.
@@ -346,11 +378,17 @@ def make_update_fn(
   """
   if grad_accum_steps < 1:
     raise ValueError(f"grad_accum_steps={grad_accum_steps} must be a positive integer.")
-  gradients = functools.partial(batch_gradients, network, axis_name)
+  gradients = functools.partial(batch_gradients, network, axis_name, hp.loss)
   if grad_accum_steps > 1:
     gradients = functools.partial(accumulated_gradients, gradients, grad_accum_steps)
 
   def update(state: TrainState, batch: Batch, rng: jax.Array) -> tuple[TrainState, Metrics]:
+    if bool(state.target_params) != hp.separate_target:
+      raise ValueError(
+        f"The state {'has' if state.target_params else 'lacks'} target parameters but the "
+        f"hyperparameters (tau_schedule={hp.tau_schedule!r}, tau_base={hp.tau_base}) "
+        f"{'do not keep' if state.target_params else 'keep'} a target network."
+      )
     # The device pipeline sends each image once; both views are cut from it here.
     raw_views = (
       (batch["image"], batch["image"]) if device_crop_size else (batch["view1"], batch["view2"])
@@ -380,12 +418,15 @@ def make_update_fn(
     opt_state = optimizers.with_schedule_step(state.opt_state, state.step)
     updates, opt_state = optimizer.update(grads, opt_state, state.online_params)
     online_params = optax.apply_updates(state.online_params, updates)
-    tau = schedules.target_ema_decay(state.step, hp.tau_base, hp.total_steps)
+    tau = schedules.target_ema_decay(state.step, hp.tau_base, hp.total_steps, hp.tau_schedule)
+    target_params = state.target_params
+    if target_params:  # none where the target is the online network itself
+      target_params = target_ema(target_params, online_params, tau)
     new_state = TrainState(
       step=state.step + 1,
       online_params=online_params,
       online_state=online_state,
-      target_params=target_ema(state.target_params, online_params, tau),
+      target_params=target_params,
       target_state=target_state,
       opt_state=opt_state,
       skipped_steps=state.skipped_steps,

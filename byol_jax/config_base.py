@@ -20,6 +20,8 @@ import ml_collections
 
 from byol_jax.data.params import CROP_SCHEMES, PRESETS
 from byol_jax.errors import UserError
+from byol_jax.losses import SIMILARITIES
+from byol_jax.schedules import TAU_SCHEDULES, keeps_target
 
 # The augmentation table of the paper (Table 6; the original code's values). View 1 uses T, view 2
 # uses T'. They differ only in the blur and solarisation probabilities.
@@ -75,6 +77,7 @@ COMPUTE_DTYPES = ("float32", "bfloat16", "auto")  # see config.model.compute_dty
 CONV_IMPLS = ("auto", "winograd", "matmul", "xla")  # see config.model.conv_impl
 NORMALIZATIONS = ("batch", "group_ws")  # see config.model.normalization
 RESNET_LAYOUTS = ("torchvision", "original")  # see config.model.resnet_layout
+HEAD_BATCHNORMS = ("hidden", "none", "hidden+projector_output", "all")  # model.head_batchnorm
 MAP_METHODS = ("auto", "umap", "tsne", "pca")  # see config.eval.map_method
 PRNG_IMPLS = ("rbg", "threefry2x32", "unsafe_rbg")  # see config.prng_impl (JAX's names)
 
@@ -141,6 +144,15 @@ def get_base_config() -> ml_collections.ConfigDict:
   # False removes the predictor: the online projection is regressed onto the target's directly
   # (the BYOL paper's ablation, Table 5; with a fast target it collapses).
   c.model.predictor = True
+  # Linear layers of the projector and the predictor (BYOL's Table 14 ablates 1-3 of each; the
+  # widths are projector_hidden, projector_output and predictor_hidden); each but the last is
+  # followed by the hidden norm and a ReLU.
+  c.model.projector_layers = 2
+  c.model.predictor_layers = 2
+  # Where the heads have BatchNorm (SimSiam's Table 3): "hidden" (BYOL's: after each hidden
+  # layer), "none", "hidden+projector_output" (SimSiam's default: also on the projector's output,
+  # without scale and offset) or "all" (also on the predictor's output). BatchNorm only.
+  c.model.head_batchnorm = "hidden"
   # "batch": BatchNorm, as in BYOL (Grill et al. 2020) and every result and checkpoint so far.
   # "group_ws": no batch statistics anywhere, after "BYOL works even without batch statistics"
   # (Richemond et al. 2020, arXiv 2010.10241: GN + WS, 73.9% linear top-1 with ResNet-50 against
@@ -186,17 +198,43 @@ def get_base_config() -> ml_collections.ConfigDict:
   c.optim.warmup_epochs = 10.0
   c.optim.warmup_steps = -1  # >= 0 overrides warmup_epochs
   c.optim.tau_base = 0.996
+  # "cosine": τ anneals from tau_base to 1 (the paper); "constant": τ = tau_base at every step.
+  # A constant τ of 0 keeps no target network: the targets are the online network's own
+  # projections (under stop-gradient unless loss.stop_gradient=False), as in SimSiam and the
+  # BYOL paper's "stop gradient of online" row (Table 5a), and no second copy is kept.
+  c.optim.tau_schedule = "cosine"
   # "lars" (the paper's), "sgd" (heavy-ball momentum, L2 weight decay added to the gradient) or
   # "adamw"; all use the warm-up + cosine schedule and exclude biases and norms from weight decay.
   c.optim.optimizer = "lars"
   # The predictor's learning rate is base_lr times this (SimSiam/DirectPred: a faster predictor).
   c.optim.predictor_lr_multiplier = 1.0
+  # False: the predictor's learning rate stays at its peak (SimSiam's "lr not decayed", its
+  # default; Table 1c) while the rest follows the warm-up + cosine schedule.
+  c.optim.predictor_lr_decay = True
+  # True: the predictor never moves from its random initialisation (SimSiam's Table 1b).
+  c.optim.freeze_predictor = False
   # Gradient accumulation: each device runs its share of config.batch_size in this many
   # micro-batches, one after the other, and the optimiser and target network are updated once.
   # The batch (and so the learning rate) is unchanged and memory is that of one micro-batch.
   # BatchNorm normalises with each micro-batch's statistics (over all devices) and updates its
   # moving averages once per micro-batch, so they move this many times per step.
   c.optim.grad_accum_steps = 1
+
+  # The loss (byol_jax/losses.py, byol_jax/contrastive.py); the defaults are BYOL's.
+  c.loss = ml_collections.ConfigDict()
+  # "cosine": 2 - 2 cos(p, z) (BYOL); "cross_entropy": -softmax(z) . log softmax(p) (SimSiam's
+  # Section 4.5).
+  c.loss.similarity = "cosine"
+  # False: only view 1's prediction against view 2's target (SimSiam's Section 4.6).
+  c.loss.symmetric = True
+  # False: no stop-gradient on the targets, which then train the online network too; needs the
+  # target to be the online network (optim.tau_schedule="constant", optim.tau_base=0).
+  c.loss.stop_gradient = True
+  # The BYOL paper's unified objective (Section 5, Eq. 6; Tables 5b, 18, 19): InfoNCE negatives
+  # over the global batch with weight β (0: BYOL's loss) and temperature α (the paper's 0.1).
+  # β=1 without predictor, with a constant τ of 0 and no stop-gradient is SimCLR.
+  c.loss.infonce_weight = 0.0
+  c.loss.infonce_temperature = 0.1
 
   # A workdir or checkpoint whose online encoder initialises a fresh run (the heads start anew).
   c.init_encoder_from = ""
@@ -293,6 +331,7 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
   _validate_augment(config)
   _validate_model(config)
   _validate_optim(config)
+  _validate_loss(config)
   _validate_loop(config)
   _validate_eval(config)
 
@@ -308,7 +347,7 @@ def _value(config: ml_collections.ConfigDict, field: str) -> Any:
   return node
 
 
-def _flag(field: str, value: Any) -> str:
+def flag(field: str, value: Any) -> str:
   """``--config.field=value`` as typed in a shell (tuples quoted)."""
   if isinstance(value, tuple | list):
     text = "'(" + ",".join(str(v) for v in value) + ("," if len(value) == 1 else "") + ")'"
@@ -321,7 +360,7 @@ def _flag(field: str, value: Any) -> str:
 
 def _fail(config: ml_collections.ConfigDict, field: str, rule: str, fix: str = "") -> NoReturn:
   # The default value of every field is valid, so it makes the example unless one is given.
-  fix = fix or _flag(field, _value(get_base_config(), field))
+  fix = fix or flag(field, _value(get_base_config(), field))
   raise UserError(f"config.{field}={_value(config, field)!r} {rule}: e.g. {fix}.")
 
 
@@ -385,9 +424,7 @@ def _ordered(config: ml_collections.ConfigDict, low_field: str, high_field: str)
   low, high = _value(config, low_field), _value(config, high_field)
   if low > high:
     base = get_base_config()
-    fix = (
-      f"{_flag(low_field, _value(base, low_field))} {_flag(high_field, _value(base, high_field))}"
-    )
+    fix = f"{flag(low_field, _value(base, low_field))} {flag(high_field, _value(base, high_field))}"
     _fail(config, low_field, f"must be <= config.{high_field}={high!r}", fix)
 
 
@@ -452,7 +489,7 @@ def _validate_data(config: ml_collections.ConfigDict) -> None:
       config,
       "data.eval_resize",
       f"must be at least the evaluation crop ({crop} px, data.{crop_field})",
-      _flag("data.eval_resize", crop),
+      flag("data.eval_resize", crop),
     )
   _int_at_least(config, "data.synthetic_examples", 1)
   _int_at_least(config, "data.synthetic_classes", 1)
@@ -497,6 +534,11 @@ def _validate_model(config: ml_collections.ConfigDict) -> None:
     _fail(config, "model.tiny_channels", "must be four positive channel counts")
   for field in ("model.projector_hidden", "model.projector_output", "model.predictor_hidden"):
     _int_at_least(config, field, 1)
+  for field in ("model.projector_layers", "model.predictor_layers"):
+    _int_at_least(config, field, 1, "(linear layers)")
+  _one_of(config, "model.head_batchnorm", HEAD_BATCHNORMS)
+  if config.model.head_batchnorm != "hidden" and config.model.normalization != "batch":
+    _fail(config, "model.head_batchnorm", "places BatchNorm: it needs model.normalization='batch'")
   _number_in(config, "model.bn_decay", 0.0, 1.0, high_open=True)
   _positive(config, "model.bn_eps")
 
@@ -511,6 +553,36 @@ def _validate_optim(config: ml_collections.ConfigDict) -> None:
   _int_at_least(config, "optim.warmup_steps", -1, "(-1 = use optim.warmup_epochs)")
   _number_in(config, "optim.tau_base", 0.0, 1.0)
   _positive(config, "optim.predictor_lr_multiplier")
+  _one_of(config, "optim.tau_schedule", TAU_SCHEDULES)
+  _one_of(config, "optim.predictor_lr_decay", (True, False))
+  _one_of(config, "optim.freeze_predictor", (False, True))
+  if config.optim.freeze_predictor and not config.model.predictor:
+    _fail(config, "optim.freeze_predictor", "needs a predictor (config.model.predictor is False)")
+
+
+def shares_target(optim: Mapping[str, Any]) -> bool:
+  """Whether a run with this ``optim`` section (a config's, or a saved config's as a dict) uses
+  the online network as its own target (a constant τ of 0): no target network is kept."""
+  return not keeps_target(optim.get("tau_schedule", "cosine"), optim.get("tau_base", 0.996))
+
+
+def _validate_loss(config: ml_collections.ConfigDict) -> None:
+  _one_of(config, "loss.similarity", SIMILARITIES)
+  _one_of(config, "loss.symmetric", (True, False))
+  _one_of(config, "loss.stop_gradient", (True, False))
+  _number_in(config, "loss.infonce_weight", 0.0)
+  _positive(config, "loss.infonce_temperature")
+  if not config.loss.stop_gradient and not shares_target(config.optim):
+    _fail(
+      config,
+      "loss.stop_gradient",
+      "needs the online network as its own target (a target network is never trained, so no "
+      "gradient reaches it)",
+      "--config.loss.stop_gradient=True, or --config.optim.tau_schedule=constant "
+      "--config.optim.tau_base=0.0",
+    )
+  if config.loss.infonce_weight and config.loss.similarity != "cosine":
+    _fail(config, "loss.similarity", "must be 'cosine' with InfoNCE negatives (infonce_weight > 0)")
   _int_at_least(config, "optim.grad_accum_steps", 1, "dividing the per-device batch")
 
 

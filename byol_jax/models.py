@@ -71,6 +71,13 @@ class HeadSpec:
   predictor_hidden: int = 4096
   # False: no predictor, the online projection is its own prediction (the BYOL paper's ablation).
   predictor: bool = True
+  # Linear layers of the projector and of the predictor (1: one linear map; BYOL 2 and 2,
+  # SimSiam 3 and 2), each but the last followed by the hidden norm and a ReLU.
+  projector_layers: int = 2
+  predictor_layers: int = 2
+  # Where the heads normalise (``config_base.HEAD_BATCHNORMS``, SimSiam's Table 3): "hidden"
+  # (BYOL), "none", "hidden+projector_output" (SimSiam), "all" (the predictor's output too).
+  head_batchnorm: str = "hidden"
 
 
 def group_count(channels: int) -> int:
@@ -320,10 +327,13 @@ def make_encoder(
 
 
 class MLP(hk.Module):
-  """Linear(hidden, bias) -> BatchNorm -> ReLU -> Linear(output, no bias): projector/predictor.
+  """``num_layers - 1`` times Linear(hidden, bias) -> norm -> ReLU, then Linear(output, no bias)
+  and an optional BatchNorm of the output: the projector and the predictor.
 
-  With ``normalization="group_ws"`` the BatchNorm is a GroupNorm (``group_norm``) with
-  :func:`group_count` groups of the hidden features.
+  The default (2 layers, a norm on the hidden layer only) is BYOL's head. The norm is BatchNorm,
+  or a GroupNorm (``group_norm``) with :func:`group_count` groups of the hidden features when
+  ``normalization="group_ws"``; ``hidden_norm=False`` leaves it out. ``output_norm`` adds
+  SimSiam's BatchNorm of the output, without scale and offset (its projector's last layer).
   """
 
   def __init__(
@@ -333,23 +343,54 @@ class MLP(hk.Module):
     bn_config: Mapping[str, Any],
     name: str,
     normalization: str = "batch",
+    num_layers: int = 2,
+    hidden_norm: bool = True,
+    output_norm: bool = False,
   ):
     super().__init__(name=name)
     self._hidden_size = hidden_size
     self._output_size = output_size
     self._bn_config = bn_config
     self._normalization = normalization
+    self._num_layers = num_layers
+    self._hidden_norm = hidden_norm
+    self._output_norm = output_norm
 
   def __call__(self, inputs: jax.Array, is_training: bool) -> jax.Array:
-    out = hk.Linear(self._hidden_size, with_bias=True)(inputs)
-    if self._normalization == "group_ws":
-      out = hk.GroupNorm(group_count(self._hidden_size), eps=self._bn_config["eps"])(out)
-    else:
-      out = hk.BatchNorm(create_scale=True, create_offset=True, **self._bn_config)(
-        out, is_training=is_training
-      )
-    out = jax.nn.relu(out)
-    return hk.Linear(self._output_size, with_bias=False)(out)
+    out = inputs
+    for _ in range(self._num_layers - 1):
+      out = hk.Linear(self._hidden_size, with_bias=True)(out)
+      if self._hidden_norm:
+        out = _head_norm(out, self._normalization, self._bn_config, is_training)
+      out = jax.nn.relu(out)
+    out = hk.Linear(self._output_size, with_bias=False)(out)
+    if self._output_norm:
+      out = _head_norm(out, self._normalization, self._bn_config, is_training, affine=False)
+    return out
+
+
+def _head_norm(x, normalization, bn_config, is_training, affine=True):
+  # A function, not a method of MLP: Haiku names the modules of each method call afresh, so two
+  # calls of one method would share one "batch_norm".
+  if normalization == "group_ws":
+    return hk.GroupNorm(group_count(x.shape[-1]), eps=bn_config["eps"])(x)
+  return hk.BatchNorm(create_scale=affine, create_offset=affine, **bn_config)(
+    x, is_training=is_training
+  )
+
+
+def head_norms(placement: str) -> dict[str, tuple[bool, bool]]:
+  """(hidden, output) normalisation of the projector and of the predictor for a placement of
+  ``config_base.HEAD_BATCHNORMS``."""
+  if placement not in config_base.HEAD_BATCHNORMS:
+    raise ValueError(
+      f"Unknown head_batchnorm {placement!r}; expected one of {config_base.HEAD_BATCHNORMS}."
+    )
+  hidden = placement != "none"
+  return dict(
+    projector=(hidden, placement in ("hidden+projector_output", "all")),
+    predictor=(hidden, placement == "all"),
+  )
 
 
 def make_byol_network(
@@ -376,21 +417,36 @@ def make_byol_network(
   """
   bn_config = dict(decay_rate=bn_decay, eps=bn_eps, cross_replica_axis=axis_name)
   norm = encoder.normalization
+  (proj_hidden_norm, proj_output_norm), (pred_hidden_norm, pred_output_norm) = head_norms(
+    heads.head_batchnorm
+  ).values()
 
   def forward(images: jax.Array, is_training: bool, with_predictor: bool = True):
     embedding = make_encoder(encoder, bn_config, remat)(images, is_training=is_training)
-    projection = MLP(heads.projector_hidden, heads.projector_output, bn_config, "projector", norm)(
-      embedding, is_training
+    projector = MLP(
+      heads.projector_hidden,
+      heads.projector_output,
+      bn_config,
+      "projector",
+      norm,
+      num_layers=heads.projector_layers,
+      hidden_norm=proj_hidden_norm,
+      output_norm=proj_output_norm,
     )
+    projection = projector(embedding, is_training)
     out = dict(embedding=embedding, projection=projection)
     if with_predictor:
-      out["prediction"] = (
-        MLP(heads.predictor_hidden, heads.projector_output, bn_config, "predictor", norm)(
-          projection, is_training
-        )
-        if heads.predictor
-        else projection
+      predictor = MLP(
+        heads.predictor_hidden,
+        heads.projector_output,
+        bn_config,
+        "predictor",
+        norm,
+        num_layers=heads.predictor_layers,
+        hidden_norm=pred_hidden_norm,
+        output_norm=pred_output_norm,
       )
+      out["prediction"] = predictor(projection, is_training) if heads.predictor else projection
       if num_classes > 0:
         out["logits"] = hk.Linear(num_classes, name="linear_probe")(
           jax.lax.stop_gradient(embedding)

@@ -9,7 +9,7 @@ weight decay and the trust ratio):
     w <- w - lr * m
 
 :func:`make` also builds plain SGD with momentum and AdamW (same weight-decay mask) and can give
-the predictor a larger learning rate.
+the predictor a larger learning rate, a constant one, or none at all (frozen).
 
 ``optax.lars`` applies the learning rate *before* the momentum trace (``m <- momentum * m + lr *
 g``), which differs from this rule whenever the learning rate changes between steps (the whole
@@ -114,6 +114,29 @@ def predictor_mask(params: hk.Params) -> hk.Params:
   return hk.data_structures.map(lambda module, name, value: module.startswith("predictor"), params)
 
 
+def _named(
+  name: str,
+  learning_rate: float | Callable[[jax.Array], jax.Array],
+  weight_decay: float,
+  momentum: float,
+  trust_coefficient: float,
+  mask: Callable[[hk.Params], hk.Params],
+) -> optax.GradientTransformation:
+  if name == "lars":
+    return lars(learning_rate, weight_decay, momentum, trust_coefficient, mask)
+  if name == "sgd":
+    return _momentum_sgd(learning_rate, weight_decay, momentum, mask)
+  if name == "adamw":
+    return optax.adamw(learning_rate, b1=momentum, weight_decay=weight_decay, mask=mask)
+  raise ValueError(f"Unknown optimizer {name!r}; expected one of {OPTIMIZERS}.")
+
+
+def _predictor_or_rest(params: hk.Params) -> hk.Params:
+  return hk.data_structures.map(
+    lambda module, name, value: "predictor" if module.startswith("predictor") else "rest", params
+  )
+
+
 def make(
   name: str,
   learning_rate: float | Callable[[jax.Array], jax.Array],
@@ -122,6 +145,8 @@ def make(
   trust_coefficient: float = 1e-3,
   predictor_lr_multiplier: float = 1.0,
   mask: Callable[[hk.Params], hk.Params] = lars_mask,
+  predictor_learning_rate: float | None = None,
+  freeze_predictor: bool = False,
 ) -> optax.GradientTransformation:
   """The optimiser called ``name``; the predictor's updates are ``predictor_lr_multiplier`` times
   larger.
@@ -129,15 +154,19 @@ def make(
   * ``"lars"``: :func:`lars`.
   * ``"sgd"``: ``g + wd * w`` (masked), heavy-ball momentum, ``-lr`` (LARS without trust ratio).
   * ``"adamw"``: Adam (``momentum`` is b1) with decoupled weight decay ``lr * wd * w`` (masked).
+
+  ``predictor_learning_rate`` (a constant) gives the predictor an optimiser of its own, the same
+  kind at that learning rate, whatever schedule the rest follows (SimSiam's predictor "lr not
+  decayed", its Table 1c). ``freeze_predictor`` zeroes the predictor's updates: it stays at its
+  random initialisation (SimSiam's Table 1b).
   """
-  if name == "lars":
-    opt = lars(learning_rate, weight_decay, momentum, trust_coefficient, mask)
-  elif name == "sgd":
-    opt = _momentum_sgd(learning_rate, weight_decay, momentum, mask)
-  elif name == "adamw":
-    opt = optax.adamw(learning_rate, b1=momentum, weight_decay=weight_decay, mask=mask)
-  else:
-    raise ValueError(f"Unknown optimizer {name!r}; expected one of {OPTIMIZERS}.")
+  args = (weight_decay, momentum, trust_coefficient, mask)
+  opt = _named(name, learning_rate, *args)
+  if predictor_learning_rate is not None:
+    predictor_opt = _named(name, predictor_learning_rate, *args)
+    opt = optax.multi_transform({"predictor": predictor_opt, "rest": opt}, _predictor_or_rest)
   if predictor_lr_multiplier != 1.0:
     opt = optax.chain(opt, optax.masked(optax.scale(predictor_lr_multiplier), predictor_mask))
+  if freeze_predictor:
+    opt = optax.chain(opt, optax.masked(optax.set_to_zero(), predictor_mask))
   return opt

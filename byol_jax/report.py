@@ -4,7 +4,9 @@
 OUT one PNG per group of metrics (:data:`PANELS`) against the step, from ``RUN/metrics.jsonl``,
 and, where RUN holds an ``embeddings.npz`` (``mode=embed``) or is one, a map of the embeddings
 coloured by label (:func:`embedding_map`). matplotlib (and scikit-learn for t-SNE) come with
-``pip install -e ".[report]"``.
+``pip install -e ".[report]"``. ``--config.checkpoint=RUN_A,RUN_B,...`` draws several runs
+side by side instead (:func:`compare_curves`: one PNG per metric, a line per run), e.g. the
+ablations of one recipe.
 """
 
 from __future__ import annotations
@@ -43,6 +45,10 @@ PANELS: dict[str, tuple[str, list[tuple[str, str]], str]] = {
 }
 # Where metrics of very different scales share a panel, each gets its own y-axis.
 _TWIN_AXES = ("schedules", "collapse")
+# Metrics drawn run against run by compare_curves; on a log scale those that span decades
+# (a collapsed run's projection_std is ~1e-4 where a healthy one's is ~0.1).
+COMPARED = ("loss", "projection_std", "effective_rank", "knn_top1", "probe_top1", "images_per_s")
+_LOG_SCALE = ("loss", "projection_std")
 
 
 def _pyplot():
@@ -87,20 +93,51 @@ def plot_curves(records: Sequence[dict], out_dir: str) -> list[str]:
     axes = [ax, ax.twinx()] if name in _TWIN_AXES and len(present) == 2 else [ax]
     for i, (key, label) in enumerate(present):
       target = axes[min(i, len(axes) - 1)]
-      steps, values = _series(records, key)
-      marker = "o" if len(steps) < 30 else None  # sparse series (evaluations) as points
-      target.plot(steps, values, label=label, color=f"C{i}", marker=marker, markersize=3)
+      _plot(target, i, label, *_series(records, key))
       target.set_ylabel(label if len(axes) > 1 else ylabel)
     handles = [h for a in axes for h in a.get_legend_handles_labels()[0]]
     ax.legend(handles, [h.get_label() for h in handles], loc="best", fontsize=8)
     ax.set(xlabel="step", title=title)
-    ax.grid(alpha=0.3)
-    fig.tight_layout()
-    path = os.path.join(out_dir, f"{name}.png")
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    written.append(path)
+    written.append(_save(plt, fig, ax, os.path.join(out_dir, f"{name}.png")))
   return written
+
+
+def _plot(ax, i: int, label: str, steps: list[int], values: list[float]) -> None:
+  marker = "o" if len(steps) < 30 else None  # sparse series (evaluations) as points
+  ax.plot(steps, values, label=label, color=f"C{i}", marker=marker, markersize=3)
+
+
+def _save(plt, fig, ax, path: str) -> str:
+  ax.grid(alpha=0.3)
+  fig.tight_layout()
+  fig.savefig(path, dpi=110)
+  plt.close(fig)
+  return path
+
+
+def compare_curves(runs: dict[str, Sequence[dict]], out_dir: str) -> list[str]:
+  """``compare_<metric>.png`` for each metric of :data:`COMPARED` that any run logged, one line
+  per run (``runs``: label -> its metrics records); returns their paths."""
+  plt = _pyplot()
+  os.makedirs(out_dir, exist_ok=True)
+  written = []
+  for key in COMPARED:
+    series = {label: _series(records, key) for label, records in runs.items()}
+    if not any(steps for steps, _ in series.values()):
+      continue
+    fig, ax = plt.subplots(figsize=(6, 3.6))
+    for i, (label, (steps, values)) in enumerate(series.items()):
+      _plot(ax, i, label, steps, values)
+    if key in _LOG_SCALE and all(v > 0 for _, values in series.values() for v in values):
+      ax.set_yscale("log")
+    ax.set(xlabel="step", ylabel=key, title=key)
+    ax.legend(loc="best", fontsize=8)
+    written.append(_save(plt, fig, ax, os.path.join(out_dir, f"compare_{key}.png")))
+  return written
+
+
+def _run_label(path: str) -> str:
+  return os.path.basename(os.path.normpath(path))
 
 
 def _available(module: str) -> bool:
@@ -173,7 +210,14 @@ def embedding_map(
 
 def report(run: str, out_dir: str, map_method: str = "auto", max_points: int = 5000) -> list[str]:
   """Every picture of ``run`` (a pretraining workdir, an evaluation workdir holding an
-  ``embeddings.npz``, or an ``.npz`` file) written to ``out_dir``; returns their paths."""
+  ``embeddings.npz``, or an ``.npz`` file) written to ``out_dir``; returns their paths. Several
+  pretraining workdirs separated by commas: their curves side by side (:func:`compare_curves`)."""
+  if "," in run:
+    paths = [p for p in run.split(",") if p]
+    runs = {_run_label(p): read_metrics(os.path.join(p, "metrics.jsonl")) for p in paths}
+    if len(runs) < len(paths):
+      raise UserError(f"Runs to compare must have distinct folder names: {run}")
+    return compare_curves(runs, out_dir)
   if run.endswith(".npz"):
     if not os.path.isfile(run):
       raise UserError(f"No embeddings at {run}: write them with --config.mode=embed.")

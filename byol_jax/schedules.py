@@ -18,10 +18,26 @@ def warmup_cosine(step: Scalar, peak: float, warmup_steps: int, total_steps: int
   return jnp.where(step < warmup_steps, warmup, cosine)
 
 
-def target_ema_decay(step: Scalar, tau_base: float, total_steps: int) -> jax.Array:
-  """τ_k = 1 - (1 - τ_base)(cos(πk/K) + 1)/2: from τ_base at k=0 up to 1 at k=K."""
+TAU_SCHEDULES = ("cosine", "constant")
+
+
+def target_ema_decay(
+  step: Scalar, tau_base: float, total_steps: int, schedule: str = "cosine"
+) -> jax.Array:
+  """τ_k = 1 - (1 - τ_base)(cos(πk/K) + 1)/2: from τ_base at k=0 up to 1 at k=K; with
+  ``schedule="constant"`` τ_base at every step (the BYOL paper's Table 5a for τ = 0 and 1)."""
+  if schedule == "constant":
+    return jnp.full((), tau_base, jnp.float32)
+  if schedule != "cosine":
+    raise ValueError(f"Unknown tau schedule {schedule!r}; expected one of {TAU_SCHEDULES}.")
   progress = jnp.clip(jnp.asarray(step, jnp.float32) / max(total_steps, 1), 0.0, 1.0)
   return 1.0 - (1.0 - tau_base) * (jnp.cos(jnp.pi * progress) + 1.0) / 2.0
+
+
+def keeps_target(schedule: str, tau_base: float) -> bool:
+  """Whether a target network of its own is needed: not when τ is 0 at every step, where the
+  target is the online network itself."""
+  return not (schedule == "constant" and tau_base == 0)
 
 
 def scaled_learning_rate(base_lr: float, batch_size: int) -> float:

@@ -29,6 +29,7 @@ from byol_jax import (
   config_base,
   config_diff,
   cpu_ops,
+  losses,
   models,
   parallel,
   precision,
@@ -57,6 +58,9 @@ def head_spec(config: ml_collections.ConfigDict) -> models.HeadSpec:
     projector_output=config.model.projector_output,
     predictor_hidden=config.model.predictor_hidden,
     predictor=config.model.predictor,
+    projector_layers=config.model.projector_layers,
+    predictor_layers=config.model.predictor_layers,
+    head_batchnorm=config.model.head_batchnorm,
   )
 
 
@@ -120,6 +124,11 @@ def hparams(config: ml_collections.ConfigDict, plan: RunPlan) -> byol.ByolHParam
     trust_coefficient=config.optim.trust_coefficient,
     optimizer=config.optim.optimizer,
     predictor_lr_multiplier=config.optim.predictor_lr_multiplier,
+    # (Without a predictor there is no predictor lr to keep.)
+    predictor_lr_decay=config.optim.predictor_lr_decay or not config.model.predictor,
+    freeze_predictor=config.optim.freeze_predictor,
+    tau_schedule=config.optim.tau_schedule,
+    loss=losses.LossSpec(**config.loss.to_dict()),
     skip_nonfinite=config.max_skipped_steps > 0,
   )
 
@@ -148,7 +157,10 @@ def initial_state(config: ml_collections.ConfigDict, optimizer) -> byol.TrainSta
   network = build_network(config, axis_name=None)
   size = config.data.image_size
   dummy = jnp.zeros((2, size, size, 3), jnp.float32)
-  init = jax.jit(lambda key: byol.init_state(network, optimizer, key, dummy), backend="cpu")
+  separate_target = not config_base.shares_target(config.optim)
+  init = jax.jit(
+    lambda key: byol.init_state(network, optimizer, key, dummy, separate_target), backend="cpu"
+  )
   return jax.device_get(init(jax.random.PRNGKey(config.seed)))
 
 
@@ -162,6 +174,13 @@ def restore_or_init(
     mismatch = config_diff.architecture_mismatch(
       saved, config.to_dict(), config_base.get_base_config().to_dict()
     )
+    if config_base.shares_target(saved.get("optim", {})) != config_base.shares_target(config.optim):
+      mismatch.append(
+        "target network: checkpoint "
+        f"{'none' if config_base.shares_target(saved.get('optim', {})) else 'kept'} vs config "
+        f"{'none' if config_base.shares_target(config.optim) else 'kept'} "
+        "(optim.tau_schedule='constant' with optim.tau_base=0 keeps none)"
+      )
     if mismatch:
       raise UserError(
         f"The checkpoint in {checkpointer.directory} is of another architecture "
@@ -193,8 +212,9 @@ def with_encoder_from(state: byol.TrainState, config: ml_collections.ConfigDict)
   return state._replace(
     online_params={**state.online_params, **weights.params},
     online_state={**state.online_state, **weights.state},
-    target_params={**state.target_params, **weights.params},
-    target_state={**state.target_state, **weights.state},
+    # (None to fill where the target is the online network itself.)
+    target_params={**state.target_params, **weights.params} if state.target_params else {},
+    target_state={**state.target_state, **weights.state} if state.target_params else {},
   )
 
 

@@ -157,6 +157,18 @@ _SWEEP = {
     ("model.bn_eps", 0.0, {}),
     ("model.normalization", "layer", {}),
     ("model.resnet_layout", "caffe", {}),
+    ("model.projector_layers", 0, {}),
+    ("model.predictor_layers", -1, {}),
+    ("model.head_batchnorm", "output", {}),
+    ("model.head_batchnorm", "all", {"model.normalization": "group_ws"}),
+    ("optim.tau_schedule", "linear", {}),
+    ("optim.freeze_predictor", True, {"model.predictor": False}),
+    ("loss.similarity", "l2", {}),
+    ("loss.similarity", "cross_entropy", {"loss.infonce_weight": 1.0}),
+    ("loss.stop_gradient", False, {}),  # a target network of its own: nothing to stop
+    ("loss.stop_gradient", False, {"optim.tau_base": 0.0}),  # annealed from 0: still a target
+    ("loss.infonce_weight", -1.0, {}),
+    ("loss.infonce_temperature", 0.0, {}),
     ("optim.momentum", 1.5, {}),
     ("optim.momentum", float("nan"), {}),
     ("optim.weight_decay", -1e-4, {}),

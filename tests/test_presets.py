@@ -8,7 +8,7 @@ from tiny import load_config_module
 
 from byol_jax import config_base, train
 
-PRESETS = ["byol_cifar10", "byol_cifar100", "byol_stl10", "byol_imagenette"]
+PRESETS = ["byol_cifar10", "byol_cifar100", "byol_stl10", "byol_imagenette", "simsiam_cifar10"]
 
 
 @pytest.mark.parametrize("name", PRESETS)

@@ -1,5 +1,6 @@
 """``mode=report``: the pictures of a real tiny run's ``metrics.jsonl`` and of its embeddings."""
 
+import json
 import os
 import sys
 
@@ -95,3 +96,27 @@ def test_report_errors_are_one_line(tmp_path, monkeypatch):
   monkeypatch.setitem(sys.modules, "matplotlib", None)
   with pytest.raises(UserError, match=r'pip install -e "\.\[report\]"'):
     report.plot_curves([{"step": 1, "loss": 1.0}], str(tmp_path))
+
+
+def test_report_compares_several_runs_side_by_side(run, tmp_path):
+  """Two runs (the real one, and a copy of its metrics.jsonl with a collapsed spread): one PNG
+  per metric either logged; a run that is not there is a one-line error."""
+  other = tmp_path / "collapsed"
+  other.mkdir()
+  records = tiny.read_metrics(run)
+  with open(other / "metrics.jsonl", "w") as f:
+    for r in records:
+      if "projection_std" in r:  # (evaluation records have none)
+        r = {**r, "projection_std": r["projection_std"] * 1e-4}
+      f.write(json.dumps(r) + "\n")
+  out = tmp_path / "out"
+  result = run_main(
+    "--config.mode=report", f"--config.checkpoint={run},{other}", f"--workdir={out}"
+  )
+  assert result.returncode == 0, result.stderr[-3000:]
+  for key in ("loss", "projection_std", "effective_rank", "knn_top1", "probe_top1"):
+    assert_png(out / f"compare_{key}.png")
+  missing = run_main(
+    "--config.mode=report", f"--config.checkpoint={run},{tmp_path / 'nothing'}", f"--workdir={out}"
+  )
+  assert_one_line_error(missing, "No metrics at")

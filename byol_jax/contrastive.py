@@ -1,0 +1,74 @@
+"""The BYOL paper's unified objective: BYOL's loss plus InfoNCE negatives over the global batch.
+
+Section 5 (Eq. 6) of Grill et al. 2020 writes BYOL and SimCLR as one objective to maximise,
+
+    InfoNCE(α, β) = 2/B Σ_i S(v_i, v'_i)
+                    - β 2α/B Σ_i ln( Σ_{j≠i} exp(S(v_i, v_j)/α) + Σ_j exp(S(v_i, v'_j)/α) ),
+
+with S(u1, u2) the cosine of φ(u1) (the online prediction, or projection without a predictor)
+and ψ(u2) (the target projection, or the online one without a target network). Since
+``2 - 2 S`` is BYOL's per-pair loss, minimising ``losses.byol_loss`` plus :func:`infonce_term`
+minimises ``2 - InfoNCE(α, β)`` per direction: β = 0 is BYOL exactly, and β = 1 with no predictor
+and the online network as an un-stopped target (``loss.stop_gradient=False``) is SimCLR's NT-Xent
+scaled by 2α (the paper's Appendix F.5). The sums over j run over the whole global batch: ψ is
+gathered from every device of every host (``all_gather``, whose gradient flows back to the
+device that computed each ψ). The loss is symmetrised as BYOL's is (v and v' swapped, added).
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+
+from byol_jax import losses
+
+
+def _gather(x: jax.Array, axis_name: str | None) -> tuple[jax.Array, jax.Array]:
+  """``x`` of every device stacked in device order, and the positions of this device's rows."""
+  if axis_name is None:
+    return x, jnp.arange(x.shape[0])
+  start = jax.lax.axis_index(axis_name) * x.shape[0]
+  return jax.lax.all_gather(x, axis_name, tiled=True), start + jnp.arange(x.shape[0])
+
+
+def log_denominators(
+  anchors: jax.Array,
+  same_view: jax.Array,
+  other_view: jax.Array,
+  temperature: float,
+  axis_name: str | None,
+) -> jax.Array:
+  """Per anchor i: ln( Σ_{j≠i} exp(S(v_i, v_j)/α) + Σ_j exp(S(v_i, v'_j)/α) ) over the global
+  batch; ``anchors`` are this device's φ(v), ``same_view`` and ``other_view`` its ψ(v), ψ(v')."""
+  # In at least float32 (the heads may compute in bfloat16): exp(S / α) spans a wide range.
+  unit = lambda x: losses.l2_normalize(x.astype(jnp.promote_types(x.dtype, jnp.float32)))  # noqa: E731
+  phi = unit(anchors)
+  psi_same, positions = _gather(unit(same_view), axis_name)
+  psi_other, _ = _gather(unit(other_view), axis_name)
+  same = phi @ psi_same.T / temperature
+  # The anchor's own ψ of the same view is not a negative.
+  own = positions[:, None] == jnp.arange(psi_same.shape[0])[None, :]
+  same = jnp.where(own, -jnp.inf, same)
+  return jax.nn.logsumexp(jnp.concatenate([same, phi @ psi_other.T / temperature], axis=1), axis=1)
+
+
+def infonce_term(
+  online_pred_1: jax.Array,
+  online_pred_2: jax.Array,
+  target_proj_1: jax.Array,
+  target_proj_2: jax.Array,
+  spec: losses.LossSpec,
+  axis_name: str | None,
+) -> jax.Array:
+  """β 2α mean_i ln(denominator_i), summed over both directions when ``spec.symmetric``: what the
+  unified objective adds to ``losses.byol_loss`` (a mean over this device's examples; the
+  update's mean over devices makes it the global batch's)."""
+  if spec.stop_gradient:
+    target_proj_1, target_proj_2 = jax.lax.stop_gradient((target_proj_1, target_proj_2))
+  alpha = spec.infonce_temperature
+  term = jnp.mean(log_denominators(online_pred_1, target_proj_1, target_proj_2, alpha, axis_name))
+  if spec.symmetric:
+    term += jnp.mean(
+      log_denominators(online_pred_2, target_proj_2, target_proj_1, alpha, axis_name)
+    )
+  return spec.infonce_weight * 2.0 * alpha * term
