@@ -379,18 +379,16 @@ def _head_norm(x, normalization, bn_config, is_training, affine=True):
   )
 
 
-def head_norms(placement: str) -> dict[str, tuple[bool, bool]]:
-  """(hidden, output) normalisation of the projector and of the predictor for a placement of
-  ``config_base.HEAD_BATCHNORMS``."""
+def head_norms(placement: str) -> tuple[tuple[bool, bool], tuple[bool, bool]]:
+  """((hidden, output) normalisation of the projector, the same of the predictor) for a
+  placement of ``config_base.HEAD_BATCHNORMS``."""
   if placement not in config_base.HEAD_BATCHNORMS:
     raise ValueError(
       f"Unknown head_batchnorm {placement!r}; expected one of {config_base.HEAD_BATCHNORMS}."
     )
   hidden = placement != "none"
-  return dict(
-    projector=(hidden, placement in ("hidden+projector_output", "all")),
-    predictor=(hidden, placement == "all"),
-  )
+  projector = (hidden, placement in ("hidden+projector_output", "all"))
+  return projector, (hidden, placement == "all")
 
 
 def make_byol_network(
@@ -419,7 +417,7 @@ def make_byol_network(
   norm = encoder.normalization
   (proj_hidden_norm, proj_output_norm), (pred_hidden_norm, pred_output_norm) = head_norms(
     heads.head_batchnorm
-  ).values()
+  )
 
   def forward(images: jax.Array, is_training: bool, with_predictor: bool = True):
     embedding = make_encoder(encoder, bn_config, remat)(images, is_training=is_training)
