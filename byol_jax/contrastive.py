@@ -23,33 +23,32 @@ import jax.numpy as jnp
 from byol_jax import losses
 
 
-def _gather(x: jax.Array, axis_name: str | None) -> tuple[jax.Array, jax.Array]:
-  """``x`` of every device stacked in device order, and the positions of this device's rows."""
-  if axis_name is None:
-    return x, jnp.arange(x.shape[0])
-  start = jax.lax.axis_index(axis_name) * x.shape[0]
-  return jax.lax.all_gather(x, axis_name, tiled=True), start + jnp.arange(x.shape[0])
+def _unit(x: jax.Array) -> jax.Array:
+  # In at least float32 (the heads may compute in bfloat16): exp(S / α) spans a wide range.
+  return losses.l2_normalize(x.astype(jnp.promote_types(x.dtype, jnp.float32)))
+
+
+def _gather(x: jax.Array, axis_name: str | None) -> jax.Array:
+  """``x`` of every device stacked in device order (this device's rows, outside ``pmap``)."""
+  return x if axis_name is None else jax.lax.all_gather(x, axis_name, tiled=True)
 
 
 def log_denominators(
   anchors: jax.Array,
   same_view: jax.Array,
   other_view: jax.Array,
+  positions: jax.Array,
   temperature: float,
-  axis_name: str | None,
 ) -> jax.Array:
   """Per anchor i: ln( Σ_{j≠i} exp(S(v_i, v_j)/α) + Σ_j exp(S(v_i, v'_j)/α) ) over the global
-  batch; ``anchors`` are this device's φ(v), ``same_view`` and ``other_view`` its ψ(v), ψ(v')."""
-  # In at least float32 (the heads may compute in bfloat16): exp(S / α) spans a wide range.
-  unit = lambda x: losses.l2_normalize(x.astype(jnp.promote_types(x.dtype, jnp.float32)))  # noqa: E731
-  phi = unit(anchors)
-  psi_same, positions = _gather(unit(same_view), axis_name)
-  psi_other, _ = _gather(unit(other_view), axis_name)
-  same = phi @ psi_same.T / temperature
+  batch; ``anchors`` are this device's unit φ(v), at ``positions`` of the global batch, and
+  ``same_view``, ``other_view`` the whole global batch's unit ψ(v), ψ(v')."""
+  same = anchors @ same_view.T / temperature
   # The anchor's own ψ of the same view is not a negative.
-  own = positions[:, None] == jnp.arange(psi_same.shape[0])[None, :]
+  own = positions[:, None] == jnp.arange(same_view.shape[0])[None, :]
   same = jnp.where(own, -jnp.inf, same)
-  return jax.nn.logsumexp(jnp.concatenate([same, phi @ psi_other.T / temperature], axis=1), axis=1)
+  other = anchors @ other_view.T / temperature
+  return jax.nn.logsumexp(jnp.concatenate([same, other], axis=1), axis=1)
 
 
 def infonce_term(
@@ -62,13 +61,16 @@ def infonce_term(
 ) -> jax.Array:
   """β 2α mean_i ln(denominator_i), summed over both directions when ``spec.symmetric``: what the
   unified objective adds to ``losses.byol_loss`` (a mean over this device's examples; the
-  update's mean over devices makes it the global batch's)."""
+  update's mean over devices makes it the global batch's). Each view's ψ is gathered once and
+  serves both directions."""
   if spec.stop_gradient:
     target_proj_1, target_proj_2 = jax.lax.stop_gradient((target_proj_1, target_proj_2))
   alpha = spec.infonce_temperature
-  term = jnp.mean(log_denominators(online_pred_1, target_proj_1, target_proj_2, alpha, axis_name))
+  psi_1, psi_2 = (_gather(_unit(z), axis_name) for z in (target_proj_1, target_proj_2))
+  n = online_pred_1.shape[0]
+  start = 0 if axis_name is None else jax.lax.axis_index(axis_name) * n
+  positions = start + jnp.arange(n)
+  term = jnp.mean(log_denominators(_unit(online_pred_1), psi_1, psi_2, positions, alpha))
   if spec.symmetric:
-    term += jnp.mean(
-      log_denominators(online_pred_2, target_proj_2, target_proj_1, alpha, axis_name)
-    )
+    term += jnp.mean(log_denominators(_unit(online_pred_2), psi_2, psi_1, positions, alpha))
   return spec.infonce_weight * 2.0 * alpha * term

@@ -416,6 +416,17 @@ def test_resuming_across_a_change_of_target_network_is_refused(tmp_path):
   assert sorted(os.listdir(os.path.join(str(tmp_path), "checkpoints"))) == ["3", "6"]
 
 
+def test_simclr_row_trains_through_pretrain_over_8_devices(tmp_path):
+  """The unified objective on the real path: ``pretrain`` with the SimCLR row's overrides (β=1,
+  no predictor, the online network as an un-stopped target), negatives gathered over 8 devices."""
+  simclr = load_config_module("ablations").ROWS["simclr"].overrides
+  metrics = train.pretrain(tiny_config(**{**simclr, "num_steps": 2}), str(tmp_path))
+  assert np.isfinite(metrics["loss"])
+  # 4 + 4α NT-Xent, and NT-Xent > 0 (the positive is one of the terms its log sums).
+  assert metrics["loss"] > 4
+  assert metrics["tau"] == 0.0
+
+
 # --------------------------------------------------------------------------------------------
 # The presets and the table of ablations.
 
