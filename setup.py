@@ -19,7 +19,6 @@ setup(
     "test": [
       "pytest>=8",
       "ruff>=0.6",
-      "pillow>=10",
       "matplotlib>=3.8",
       "scikit-learn>=1.3",
       "dill>=0.3",

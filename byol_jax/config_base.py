@@ -64,12 +64,13 @@ MODES = (
   "export_torch",
   "import_original",
   "report",
+  "prepare",
 )
 # Modes that read a trained encoder from config.checkpoint.
 CHECKPOINT_MODES = ("linear_eval", "finetune", "embed", "export_torch")
 # config.model.encoder value of evaluation configs: take the architecture from the checkpoint.
 FROM_CHECKPOINT = "checkpoint"
-SOURCES = ("synthetic", "tfds", "folder")
+SOURCES = ("synthetic", "tfds", "folder", "prepared")
 PIPELINES = ("tfdata", "device")  # see config.data.pipeline
 OPTIMIZERS = ("lars", "sgd", "adamw")  # see config.optim.optimizer
 HOST_MEMORY_POLICIES = ("auto", "on", "off")  # see config.host_memory
@@ -96,10 +97,15 @@ def get_base_config() -> ml_collections.ConfigDict:
   c.host_memory = "auto"
 
   c.data = ml_collections.ConfigDict()
-  c.data.source = "synthetic"  # "synthetic" | "tfds" | "folder"
+  # "synthetic" | "tfds" | "folder" | "prepared": the files <path>/<split>.npz that
+  # --config.mode=prepare writes from a folder or TFDS (read without TensorFlow; see
+  # byol_jax/data/prepared.py).
+  c.data.source = "synthetic"
   c.data.name = ""  # TFDS name, e.g. "imagenet2012", "cifar10", "stl10"
   c.data.data_dir = ""  # TFDS data_dir ("" = TFDS default)
-  c.data.path = ""  # image folder: <path>/<class>/*.jpg|png, or a flat folder of images
+  # Image folder: <path>/<class>/*.jpg|png, or a flat folder of images; the folder of the
+  # prepared files for data.source="prepared".
+  c.data.path = ""
   c.data.train_split = "train"
   c.data.eval_split = "test"
   # Training resolution of the views. Modes that read a checkpoint (linear evaluation,
@@ -464,11 +470,12 @@ def _validate_data(config: ml_collections.ConfigDict) -> None:
       "must name a TFDS dataset for config.data.source='tfds'",
       "--config.data.name=cifar10",
     )
-  if d.source == "folder" and not d.path:
+  if d.source in ("folder", "prepared") and not d.path:
+    what = "an image folder" if d.source == "folder" else "the folder of the prepared files"
     _fail(
       config,
       "data.path",
-      "must name an image folder for config.data.source='folder'",
+      f"must name {what} for config.data.source='{d.source}'",
       "--config.data.path=DIR",
     )
   for field in ("data.train_split", "data.eval_split"):

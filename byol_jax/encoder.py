@@ -13,7 +13,6 @@ Only the online network's encoder is read: the representation the paper evaluate
 from __future__ import annotations
 
 import dataclasses
-import functools
 import os
 from collections.abc import Callable, Mapping
 from typing import Any
@@ -25,7 +24,7 @@ import ml_collections
 import numpy as np
 
 from byol_jax import checkpointing, config_base, config_diff, console, cpu_ops, models
-from byol_jax.data import device_augment
+from byol_jax.data import device_augment, device_crop
 from byol_jax.errors import UserError
 
 
@@ -254,23 +253,6 @@ def encode_fn(
   return encode
 
 
-@functools.cache
-def _centre_crop_fn(image_size: int, resize_size: int):
-  import tensorflow as tf
-
-  from byol_jax.data.augment import centre_crop
-
-  @tf.function(reduce_retracing=True)
-  def crop(images):
-    return tf.map_fn(
-      lambda im: centre_crop(im, image_size, resize_size),
-      images,
-      fn_output_signature=tf.TensorSpec([image_size, image_size, 3], tf.float32),
-    )
-
-  return crop
-
-
 def eval_preprocess(images: np.ndarray, image_size: int, resize_size: int) -> np.ndarray:
   """The evaluation view of each image (as ``pipeline.eval_batches``): float32 [N, S, S, 3]."""
   images = np.asarray(images)
@@ -285,7 +267,7 @@ def eval_preprocess(images: np.ndarray, image_size: int, resize_size: int) -> np
     images = images.astype(np.float32)
   if len(images) == 0:
     return np.zeros((0, image_size, image_size, 3), np.float32)
-  return _centre_crop_fn(image_size, resize_size)(images).numpy()
+  return np.asarray(device_crop.centre_view(images, image_size, resize_size))
 
 
 class Encoder:

@@ -1,7 +1,7 @@
 """Features of evaluation views under a ``pmap``-ed encoder, for every evaluation of the package.
 
 The linear evaluation, fine-tuning's test passes and the kNN monitor all encode centre-crop
-batches (``pipeline.eval_batches``, the last one padded and masked) with a replicated encoder;
+batches (``features.eval_views``, the last one padded and masked) with a replicated encoder;
 this is that loop, written once.
 """
 
@@ -15,7 +15,7 @@ import numpy as np
 from jax.experimental import multihost_utils
 
 from byol_jax import parallel
-from byol_jax.data import pipeline, sources
+from byol_jax.data import in_memory, sources
 from byol_jax.errors import UserError
 
 
@@ -28,15 +28,21 @@ def eval_batch_size(batch_size: int) -> int:
 def eval_views(
   source: sources.DataSource, image_size: int, resize_size: int, batch_size: int
 ) -> Iterator[dict[str, np.ndarray]]:
-  """Centre-crop evaluation batches of one process's shard (the last one padded, see mask)."""
-  return pipeline.eval_batches(
-    source,
+  """Centre-crop evaluation batches of one process's shard (the last one padded, see mask):
+  computed by JAX for images held in memory, by tf.data for files and TFDS."""
+  common = dict(
     batch_size=batch_size,
     image_size=image_size,
     resize_size=resize_size,
     process_index=jax.process_index(),
     process_count=jax.process_count(),
   )
+  held = in_memory.arrays_of(source)
+  if held is not None:
+    return in_memory.eval_batches(held, **common)
+  from byol_jax.data import pipeline
+
+  return pipeline.eval_batches(source, **common)
 
 
 def extract_features(

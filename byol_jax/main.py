@@ -113,6 +113,10 @@ def _dispatch(config, workdir: str, signals) -> None:
     from byol_jax import interop
 
     interop.import_original(config.checkpoint, workdir)
+  elif config.mode == "prepare":
+    from byol_jax import run_data
+
+    run_data.prepare(config, workdir)
   elif config.mode == "report":
     from byol_jax import report
 

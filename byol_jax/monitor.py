@@ -21,7 +21,7 @@ from absl import logging
 from byol_jax import config_base, models, parallel, probes, run_data
 from byol_jax import encoder as encoder_lib
 from byol_jax import features as features_lib
-from byol_jax.data import pipeline, sources
+from byol_jax.data import sources
 from byol_jax.errors import UserError
 
 # Evaluation views are cached in memory as float32 up to this size, else as uint8.
@@ -68,9 +68,8 @@ class KnnMonitor:
   def _prepare(self, source: sources.DataSource, image_size: int, resize_size: int):
     nbytes = source.num_examples * image_size * image_size * 3 * 4
     batches = []
-    for batch in pipeline.eval_batches(
-      source, batch_size=self._batch, image_size=image_size, resize_size=resize_size
-    ):
+    # Single-process (see from_config): every example is this process's.
+    for batch in features_lib.eval_views(source, image_size, resize_size, self._batch):
       if nbytes > _FLOAT_CACHE_BYTES:  # the encoder maps uint8 back to [0, 1]
         batch = dict(batch, image=np.round(batch["image"] * 255).astype(np.uint8))
       batches.append(batch)

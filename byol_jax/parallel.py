@@ -8,6 +8,7 @@ directly with a sharding over the local devices (the public replacement of the r
 from __future__ import annotations
 
 import itertools
+import math
 from collections.abc import Sequence
 from typing import Any
 
@@ -32,6 +33,13 @@ def local_batch_size(global_batch_size: int, process_count: int) -> int:
       f"processes ({process_count}): change --config.batch_size."
     )
   return global_batch_size // process_count
+
+
+def num_eval_batches(num_examples: int, batch_size: int, process_count: int = 1) -> int:
+  """Batches of an evaluation pass on every process: each process's contiguous shard of
+  ``num_examples``, ``batch_size // process_count`` per batch, the last one padded."""
+  local = local_batch_size(batch_size, process_count)
+  return math.ceil(math.ceil(num_examples / process_count) / local)
 
 
 def _sharding(devices: Sequence[jax.Device]) -> NamedSharding:

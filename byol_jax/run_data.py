@@ -1,23 +1,31 @@
 """The data a run reads, from its config: the training split, the evaluation hold-out, subsets.
 
-Shared by the drivers that read the config (``train``, ``evaluate``, ``monitor``). Importing it
-loads the data modules (TensorFlow); the update step and the models build without it.
+Shared by the drivers that read the config (``train``, ``evaluate``, ``monitor``), and the
+driver of ``--config.mode=prepare``. Sources load TensorFlow only where they read files or TFDS:
+prepared files and arrays need none.
 """
 
 from __future__ import annotations
 
+import os
+
 import ml_collections
 import numpy as np
 
-from byol_jax.data import sources
+from byol_jax.data import prepared, sources
 from byol_jax.errors import UserError
 
 
 def make_source(
   config: ml_collections.ConfigDict, split: str, subset: str = "train"
 ) -> sources.DataSource:
-  """The data source of ``split``; for image folders, ``subset`` picks the train or hold-out part."""
+  """The data source of ``split``; for image folders and prepared files, ``subset`` picks the
+  train or hold-out part."""
   d = config.data
+  if d.source == "prepared":
+    return prepared.load(
+      d.path, split, holdout=d.holdout, holdout_seed=d.holdout_seed, subset=subset
+    )
   return sources.make_source(
     d.source,
     name=d.name,
@@ -35,7 +43,10 @@ def make_source(
 
 
 def heldout_source(config: ml_collections.ConfigDict) -> sources.DataSource:
-  """The labelled evaluation data: the folder hold-out, or ``data.eval_split`` otherwise."""
+  """The labelled evaluation data: the hold-out of a folder (or of a prepared file when
+  ``data.holdout`` is set), or ``data.eval_split`` otherwise."""
+  if config.data.source == "prepared" and config.data.holdout > 0:
+    return make_source(config, config.data.train_split, subset="holdout")
   if config.data.source == "folder":
     if config.data.holdout <= 0:
       raise UserError(
@@ -96,3 +107,31 @@ def at_most(
     return make_source(config, f"{split}[:{count}]")
   chosen = sources.stratified_holdout(_labels_or_zeros(source), count, seed)[1]
   return sources.subset_source(source, chosen)
+
+
+def prepare(config: ml_collections.ConfigDict, workdir: str) -> list[str]:
+  """``--config.mode=prepare``: writes the training split (a folder: the whole folder, hold-out
+  included) and, for TFDS, the evaluation split, to ``<workdir>/<split>.npz``; returns the paths.
+  Train from them with ``--config.data.source=prepared --config.data.path=<workdir>``."""
+  d = config.data
+  if d.source not in ("folder", "tfds"):
+    raise UserError(
+      f"--config.mode=prepare reads an image folder or a TFDS dataset, not data.source={d.source!r}:"
+      " pass --config.data.source=folder (or tfds) and its path (or name)."
+    )
+  os.makedirs(workdir, exist_ok=True)
+  splits = [d.train_split] + ([d.eval_split] if d.source == "tfds" else [])
+  written = []
+  for split in splits:
+    source = sources.make_source(
+      d.source, name=d.name, data_dir=d.data_dir or None, path=d.path, split=split
+    )
+    path = prepared.split_path(workdir, split)
+    if os.path.exists(path):
+      raise UserError(f"{path} exists already: move it away or pass another --workdir.")
+    size = prepared.prepare(source, path)
+    print(
+      f"Prepared {source.num_examples} images of {source.name}: {path} ({size / 2**20:.1f} MiB)"
+    )
+    written.append(path)
+  return written

@@ -455,9 +455,10 @@ def end_summary(
 ) -> str:
   """The run's last line: where its outputs are, or where and why it stopped early."""
   if not stopped:
+    tensorboard = f", TensorBoard logs in {writer.tensorboard_dir}" if writer.tensorboard_on else ""
     return (
       f"Done: {step} steps. Checkpoints in {checkpointer.directory}, metrics in "
-      f"{writer.jsonl_path}, TensorBoard logs in {writer.tensorboard_dir}."
+      f"{writer.jsonl_path}{tensorboard}."
     )
   cause = signals.signal_name or "a signal to another process"
   if step == start_step:

@@ -31,9 +31,21 @@ class MetricWriter:
       return
     os.makedirs(workdir, exist_ok=True)
     if tensorboard:
-      import tensorflow as tf
-
+      try:
+        import tensorflow as tf
+      except ImportError:  # accelerator hosts with JAX only: metrics.jsonl has every value
+        print(
+          f"TensorBoard logs off: TensorFlow is not installed (every logged value is in "
+          f"{self.jsonl_path}).",
+          flush=True,
+        )
+        return
       self._tb = tf.summary.create_file_writer(self.tensorboard_dir)
+
+  @property
+  def tensorboard_on(self) -> bool:
+    """Whether the scalars also go to TensorBoard event files."""
+    return self._tb is not None
 
   def truncate_after(self, step: int) -> None:
     """Drops the JSONL records of steps after ``step`` (they are about to be recomputed), and a

@@ -19,7 +19,13 @@ host then only gathers uint8 images).
     --config.checkpoint=runs/byol_cifar10 --workdir=runs/byol_cifar10/linear
 
 ``--config.data.source=folder --config.data.path=DIR --config.data.holdout=5000`` trains on an
-image folder of the same kind instead. The kNN monitor reports kNN top-1 on the test split every
+image folder of the same kind instead. On a machine without TensorFlow (an accelerator host with
+JAX only), prepare the splits once where TensorFlow is, carry the folder of files, and train from it:
+
+  python -m byol_jax.main --config=configs/byol_cifar10.py --config.mode=prepare --workdir=data/cifar10
+  python -m byol_jax.main --config=configs/byol_cifar10.py --config.data.source=prepared \
+    --config.data.path=data/cifar10 --workdir=runs/byol_cifar10
+ The kNN monitor reports kNN top-1 on the test split every
 ``eval.knn_every_steps`` steps (k = 200, T = 0.1, as lightly's table).
 """
 

@@ -172,7 +172,9 @@ def test_embed_pairs_each_row_with_its_own_file(checkpoint, tmp_path, monkeypatc
   encoder = byol_jax.load_encoder(checkpoint)
   for name, features in zip(data["filenames"], data["features"]):
     alone = encoder(np.asarray(Image.open(str(name)))[None])[0]
-    np.testing.assert_allclose(features, alone, rtol=1e-4, atol=1e-4)
+    # The folder's views come from tf.data, load_encoder's from JAX: pixels differ by < 1e-3
+    # (TensorFlow tabulates its bicubic kernel), features by a few 1e-3; other files by far more.
+    np.testing.assert_allclose(features, alone, rtol=1e-2, atol=1e-2)
   warnings = [line for line in capsys.readouterr().out.splitlines() if line.startswith("warning:")]
   assert len(warnings) == 1
   assert "1 example(s)" in warnings[0]

@@ -1,4 +1,4 @@
-"""The random resized crop and the flip in JAX, to run inside the jitted step (``data.pipeline="device"``).
+"""The random resized crop, the flip and the evaluation view in JAX (``data.pipeline="device"``).
 
 The boxes are drawn as ``byol_jax.data.augment.sample_crop_box`` draws them (see that module's
 docstring): area fraction uniform in [crop_area_min, crop_area_max], aspect log-uniform in
@@ -12,14 +12,22 @@ straight from the whole image, so boxes of every size are one static-shape op. T
 equal TensorFlow's resize of the cut-out box except within two pixels of the box's edge, where
 the kernel reads the image's pixels beyond the box (TensorFlow, given only the box, reweights
 its edge pixels instead); at the image's own edge both reweight alike.
+
+The evaluation view (:func:`centre_view`: short side resized, then a centre square) is the same
+kernel over the whole image, so it equals ``byol_jax.data.augment.centre_crop`` (TensorFlow):
+to float rounding where the resize factor puts the samples on quarter pixels (e.g. 32 -> 64
+or 40 -> 16), within 1e-3 elsewhere (TensorFlow tabulates the kernel at 1/1024 pixel). It serves
+the evaluation of in-memory images and ``load_encoder``, without TensorFlow.
 """
 
 from __future__ import annotations
 
+import functools
 import math
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from byol_jax.data.params import AugmentParams
 
@@ -113,3 +121,35 @@ def crop_and_flip_batch(
   """:func:`crop_and_flip` of each image of [N, H, W, 3] with its own key, outside the gradient."""
   views = jax.vmap(lambda image, key: crop_and_flip(image, key, params, size))(images, keys)
   return jax.lax.stop_gradient(views)
+
+
+def centre_view_geometry(height: int, width: int, image_size: int, resize_size: int):
+  """(resized height, resized width, crop offset y, crop offset x) of the evaluation view.
+
+  As ``augment.centre_crop`` computes them (float32 ratio, round half to even), so that both
+  paths cut the same square.
+  """
+  ratio = np.float32(resize_size) / np.float32(min(height, width))
+  new_h = max(int(np.round(np.float32(height) * ratio)), image_size)
+  new_w = max(int(np.round(np.float32(width) * ratio)), image_size)
+  return new_h, new_w, (new_h - image_size) // 2, (new_w - image_size) // 2
+
+
+@functools.partial(jax.jit, static_argnums=(1, 2))
+def centre_view(images: jax.Array, image_size: int, resize_size: int) -> jax.Array:
+  """Evaluation views of [N, H, W, 3] images (uint8, or float in [0, 1]): the short side
+  resized to ``resize_size`` (bicubic, as :func:`resized_crop`), the centre ``image_size``
+  square cut out; float32 [N, image_size, image_size, 3] in [0, 1]."""
+  height, width = images.shape[1:3]
+  new_h, new_w, off_y, off_x = centre_view_geometry(height, width, image_size, resize_size)
+  # Output pixel i samples the resized image's pixel i + offset: translation -offset.
+  scale = jnp.array([new_h / height, new_w / width], jnp.float32)
+  translation = -jnp.array([off_y, off_x], jnp.float32)
+  pixels = images.astype(jnp.float32)
+  views = jax.vmap(
+    lambda im: jax.image.scale_and_translate(
+      im, (image_size, image_size, 3), (0, 1), scale, translation, method="cubic", antialias=False
+    )
+  )(pixels)
+  peak = 255.0 if jnp.issubdtype(images.dtype, jnp.integer) else 1.0
+  return jnp.clip(views / peak, 0.0, 1.0)

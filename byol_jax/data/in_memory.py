@@ -12,7 +12,9 @@ different orders, with the same scheme.
 
 The host sends each step's whole images (uint8, a few KiB each); the random resized crop, the
 flip and the colour ops run in the step (``device_crop``, ``device_augment``), with keys from
-each example's position in the global batch. Only :func:`decode_source` uses TensorFlow.
+each example's position in the global batch; :func:`eval_batches` gives the evaluation views
+(``device_crop.centre_view``). Images already in memory (array sources, prepared files) need no
+TensorFlow; :func:`decode_source` uses it for files and TFDS.
 """
 
 from __future__ import annotations
@@ -23,8 +25,9 @@ from collections.abc import Iterator
 
 import numpy as np
 
+from byol_jax.data import sources
 from byol_jax.errors import UserError
-from byol_jax.parallel import local_batch_size
+from byol_jax.parallel import local_batch_size, num_eval_batches
 
 _SHUFFLE_TAG = 0x5EED5
 # The decoded images may take at most this fraction of the memory available at the start.
@@ -66,15 +69,33 @@ def check_fits(num_examples: int, image_shape: tuple[int, ...], name: str, budge
     )
 
 
-def decode_source(source, budget: int | None = None) -> InMemoryImages:
-  """Decodes every example of ``source`` (all of it, in storage order) into memory.
+def arrays_of(source: sources.DataSource) -> InMemoryImages | None:
+  """The images and labels of a source held in memory (an array source, a prepared file or a
+  subset of one), read without TensorFlow; None for files and TFDS."""
+  if isinstance(source, sources.SubsetSource):
+    base = arrays_of(source.base)
+    if base is None:
+      return None
+    return InMemoryImages(base.images[source.indices], base.labels[source.indices])
+  if isinstance(source, sources.ArraySource):
+    return InMemoryImages(source.images, source.labels)
+  return None
+
+
+def decode_source(source: sources.DataSource, budget: int | None = None) -> InMemoryImages:
+  """Every example of ``source`` (all of it, in storage order) in memory: decoded by TensorFlow
+  from files and TFDS, taken as they are from array sources and prepared files.
 
   ``budget``: the most bytes the images may take (default: half the available memory); a
   UserError says so, and how to go on, when they would take more, or when sizes differ.
   """
+  budget = int(MEMORY_FRACTION * available_memory_bytes()) if budget is None else budget
+  held = arrays_of(source)
+  if held is not None:
+    check_fits(held.num_examples, held.images.shape[1:], source.name, budget)
+    return held
   import tensorflow as tf
 
-  budget = int(MEMORY_FRACTION * available_memory_bytes()) if budget is None else budget
   ds = source.dataset().map(lambda ex: (ex["image"], ex["label"]))
   ds = ds.prefetch(tf.data.AUTOTUNE)
   images, labels, shape = None, np.empty([source.num_examples], np.int32), None
@@ -143,3 +164,48 @@ def batches(
     index = permutations.indices(step * global_batch_size + slots)
     yield {"image": data.images[index], "label": data.labels[index]}
     step += 1
+
+
+def check_eval_sizes(image_size: int, resize_size: int) -> None:
+  """UserError unless the evaluation view's crop fits in its resized image."""
+  if resize_size < image_size:
+    raise UserError(
+      f"eval resize_size={resize_size} must be at least image_size={image_size}: "
+      "raise --config.data.eval_resize."
+    )
+
+
+def eval_batches(
+  data: InMemoryImages,
+  *,
+  batch_size: int,
+  image_size: int,
+  resize_size: int,
+  process_index: int = 0,
+  process_count: int = 1,
+) -> Iterator[dict[str, np.ndarray]]:
+  """One pass of evaluation views over this process's shard, as ``pipeline.eval_batches``
+  yields them (same shards, batches, padding and keys) for images in memory, without TensorFlow.
+
+  Views: ``device_crop.centre_view`` (the tf.data views to within 1e-3, see that module).
+  """
+  from byol_jax.data import device_crop
+
+  batch = local_batch_size(batch_size, process_count)
+  check_eval_sizes(image_size, resize_size)
+  shard = np.array_split(np.arange(data.num_examples, dtype=np.int64), process_count)
+  shard = shard[process_index]
+  for b in range(num_eval_batches(data.num_examples, batch_size, process_count)):
+    index = np.full([batch], -1, np.int64)
+    chosen = shard[b * batch : (b + 1) * batch]
+    index[: len(chosen)] = chosen
+    # Whole batches (padding rows repeat example 0) keep one compiled shape.
+    images = data.images[np.maximum(index, 0)]
+    mask = index >= 0
+    views = np.asarray(device_crop.centre_view(images, image_size, resize_size))
+    yield {
+      "image": np.where(mask[:, None, None, None], views, np.float32(0)),
+      "label": np.where(mask, data.labels[np.maximum(index, 0)], -1).astype(np.int32),
+      "mask": mask,
+      "index": index,
+    }

@@ -53,9 +53,10 @@ from byol_jax.data.augment import (
   sample_crop_box,
   view_seeds,
 )
+from byol_jax.data.in_memory import check_eval_sizes
 from byol_jax.data.sources import DataSource, TfdsSource
 from byol_jax.errors import UserError
-from byol_jax.parallel import local_batch_size
+from byol_jax.parallel import local_batch_size, num_eval_batches
 
 # Tags that keep the shuffle and augmentation random streams apart.
 _SHUFFLE_TAG = 0x5EED5
@@ -563,12 +564,6 @@ def train_batches(
   yield from _checked_batches(ds, source, local_batch_size(global_batch_size, process_count))
 
 
-def num_eval_batches(num_examples: int, batch_size: int, process_count: int = 1) -> int:
-  """Number of batches :func:`eval_batches` yields on every process."""
-  local = local_batch_size(batch_size, process_count)
-  return math.ceil(math.ceil(num_examples / process_count) / local)
-
-
 def eval_batches(
   source: DataSource,
   *,
@@ -593,11 +588,7 @@ def eval_batches(
     padding and for TFDS records).
   """
   batch = local_batch_size(batch_size, process_count)
-  if resize_size < image_size:
-    raise UserError(
-      f"eval resize_size={resize_size} must be at least image_size={image_size}: "
-      "raise --config.data.eval_resize."
-    )
+  check_eval_sizes(image_size, resize_size)
 
   def prepare(example: dict[str, tf.Tensor]) -> dict[str, tf.Tensor]:
     return {

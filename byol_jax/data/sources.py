@@ -14,11 +14,14 @@ import os
 import warnings
 import zlib
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 import numpy as np
-import tensorflow as tf
 
 from byol_jax.errors import UserError
+
+if TYPE_CHECKING:
+  import tensorflow as tf
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png")
 # Full decoding of every file at start-up is cheap for CIFAR-sized folders but not for ImageNet.
@@ -81,6 +84,8 @@ class DataSource:
 
   def dataset(self, process_index: int = 0, process_count: int = 1) -> tf.data.Dataset:
     """One pass over this process's shard in storage order, as decoded example dicts."""
+    import tensorflow as tf
+
     indices = self.shard_indices(process_index, process_count)
     return tf.data.Dataset.from_tensor_slices(indices).map(
       self.read, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True
@@ -130,6 +135,8 @@ class ArraySource(DataSource):
     self._labels_t: tf.Tensor | None = None
 
   def read(self, index: tf.Tensor) -> dict[str, tf.Tensor]:
+    import tensorflow as tf
+
     if self._images_t is None:
       with tf.init_scope():
         self._images_t = tf.constant(self.images)
@@ -180,6 +187,8 @@ class SubsetSource(DataSource):
     self.encoded_reads = base.encoded_reads
 
   def _base_index(self, index: tf.Tensor) -> tf.Tensor:
+    import tensorflow as tf
+
     if self._indices_t is None:
       with tf.init_scope():
         self._indices_t = tf.constant(self.indices)
@@ -391,6 +400,8 @@ class FileSource(DataSource):
     self._labels_t: tf.Tensor | None = None
 
   def read_encoded(self, index: tf.Tensor) -> dict[str, tf.Tensor]:
+    import tensorflow as tf
+
     if self._paths_t is None:
       with tf.init_scope():
         self._paths_t = tf.constant(self.paths)
@@ -407,6 +418,8 @@ class FileSource(DataSource):
     return f"{path} (does not decode)"
 
   def read(self, index: tf.Tensor) -> dict[str, tf.Tensor]:
+    import tensorflow as tf
+
     example = self.read_encoded(index)
     image = tf.io.decode_image(
       example["image"], channels=3, dtype=tf.uint8, expand_animations=False
@@ -533,6 +546,8 @@ class TfdsSource(DataSource):
 
   def records(self, process_index: int = 0, process_count: int = 1) -> tf.data.Dataset:
     """This process's shard as {"image": encoded bytes, "label": int32}, in storage order."""
+    import tensorflow as tf
+
     ds = self._as_dataset(self._subsplit(process_index, process_count))
     has_label = self._has_label
 
@@ -545,10 +560,14 @@ class TfdsSource(DataSource):
   @staticmethod
   def decode(record: dict[str, tf.Tensor]) -> dict[str, tf.Tensor]:
     """Decodes a record of :meth:`records` into a uint8 [H, W, 3] image."""
+    import tensorflow as tf
+
     image = tf.io.decode_image(record["image"], channels=3, dtype=tf.uint8, expand_animations=False)
     return {"image": tf.ensure_shape(image, [None, None, 3]), "label": record["label"]}
 
   def dataset(self, process_index: int = 0, process_count: int = 1) -> tf.data.Dataset:
+    import tensorflow as tf
+
     return self.records(process_index, process_count).map(
       self.decode, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True
     )
