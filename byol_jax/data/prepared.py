@@ -38,23 +38,31 @@ def split_path(directory: str, split: str) -> str:
   return os.path.join(directory, split + SUFFIX)
 
 
+def pack(encoded: Sequence[bytes]) -> tuple[np.ndarray, np.ndarray]:
+  """(data, offsets): the encoded images back to back as uint8, image i at
+  ``data[offsets[i]:offsets[i + 1]]``."""
+  lengths = np.array([len(b) for b in encoded], np.int64)
+  offsets = np.concatenate([np.zeros([1], np.int64), np.cumsum(lengths)])
+  return np.frombuffer(b"".join(encoded), np.uint8), offsets
+
+
 def write(
   path: str,
-  encoded: Sequence[bytes],
+  data: np.ndarray,
+  offsets: np.ndarray,
   labels: np.ndarray,
   class_names: Sequence[str] = (),
   name: str = "",
 ) -> None:
-  """Writes encoded images, labels and class names to ``path`` (atomically: a crash leaves no
-  partial file under that name)."""
-  lengths = np.array([len(b) for b in encoded], np.int64)
+  """Writes packed images (:func:`pack`), labels and class names to ``path`` (atomically: a
+  crash leaves no partial file under that name)."""
   tmp = path + ".tmp"
   with open(tmp, "wb") as f:
     np.savez(
       f,
       format_version=np.int64(FORMAT_VERSION),
-      data=np.frombuffer(b"".join(encoded), np.uint8),
-      offsets=np.concatenate([[0], np.cumsum(lengths)]),
+      data=data,
+      offsets=offsets,
       labels=np.asarray(labels, np.int32),
       class_names=np.array(list(class_names), dtype=np.str_),
       name=np.array(name),
@@ -186,8 +194,7 @@ def prepare(source: sources.DataSource, path: str) -> int:
     labels.append(label)
   if not encoded:
     raise UserError(f"{source.name} holds no images: nothing to prepare.")
-  offsets = np.concatenate([[0], np.cumsum([len(b) for b in encoded])])
-  decode_all(np.frombuffer(b"".join(encoded), np.uint8), offsets, source.name)
-  class_names = _class_names(source)
-  write(path, encoded, np.array(labels, np.int32), class_names, source.name)
+  data, offsets = pack(encoded)
+  decode_all(data, offsets, source.name)
+  write(path, data, offsets, np.array(labels, np.int32), _class_names(source), source.name)
   return os.path.getsize(path)
