@@ -1,4 +1,4 @@
-"""A harness for tests that run the real command line as several processes.
+"""A harness for tests that run the real command line: one process (:func:`run_main`) or several.
 
 Each run is ``python -m byol_jax.main`` in its own subprocess, so the test process's 8 fake devices
 do not interfere: the processes of a multi-process run meet through ``jax.distributed`` on
@@ -133,3 +133,27 @@ def wait_for_output(run: Run, text: str, timeout_s: float = TIMEOUT_S) -> None:
     if run.proc.poll() is not None or time.monotonic() > deadline:
       raise AssertionError(f"{text!r} never printed\n{run.report()}")
     time.sleep(0.2)
+
+
+def run_main(*args, cwd=REPO):
+  """``python -m byol_jax.main *args`` in one process with 8 fake CPU devices, to completion."""
+  env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=8", JAX_PLATFORMS="cpu")
+  return subprocess.run(
+    [sys.executable, "-m", "byol_jax.main", *args],
+    cwd=cwd,
+    env=env,
+    capture_output=True,
+    text=True,
+    timeout=600,
+    check=False,
+  )
+
+
+def assert_one_line_error(result, *fragments):
+  """The run failed with exactly one ``error:`` line, holding every fragment, and no traceback."""
+  assert result.returncode != 0
+  assert "Traceback" not in result.stderr, result.stderr
+  lines = [line for line in result.stderr.splitlines() if line.startswith("error: ")]
+  assert len(lines) == 1, result.stderr
+  for fragment in fragments:
+    assert fragment in lines[0], lines[0]

@@ -10,7 +10,7 @@ import jax
 import numpy as np
 import pytest
 import tiny
-from test_main import run_main
+from processes import run_main
 from tiny import read_metrics, tiny_flags
 
 import byol_jax

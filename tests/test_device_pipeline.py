@@ -20,8 +20,7 @@ import tensorflow as tf
 from PIL import Image
 from scipy import stats
 from test_crop_distribution import STATISTICS, _original_boxes, _statistics
-from test_train import final_state
-from tiny import read_metrics, tiny_config
+from tiny import final_state, read_metrics, tiny_config
 
 from byol_jax import byol, train
 from byol_jax.data import augment, device_augment, device_crop, in_memory, pipeline, sources

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import tiny
 from PIL import Image
-from tiny import REPO, read_metrics
+from tiny import REPO, monitored_config, read_metrics, write_folder
 
 import byol_jax
 from byol_jax import (
@@ -29,41 +29,11 @@ from byol_jax.data import device_augment, pipeline, sources, subsets
 from byol_jax.errors import UserError
 
 
-def tiny_config(**overrides):
-  """The shared tiny pretraining config, with the monitor, probe and short evaluations on."""
-  defaults = {
-    "data.synthetic_classes": 4,
-    "num_steps": 4,
-    "optim.warmup_steps": 1,
-    "log_every_steps": 2,
-    "checkpoint_every_steps": 4,
-    "eval.knn_every_steps": 2,
-    "eval.knn_k": 20,
-    "eval.knn_train_examples": 48,
-    "eval.online_probe_classes": 4,
-    "eval.batch_size": 16,
-    "eval.num_steps": 2,
-    "eval.log_every_steps": 1,
-  }
-  return tiny.tiny_config(**{**defaults, **overrides})
-
-
 @pytest.fixture(scope="module")
 def pretrained(tmp_path_factory):
   workdir = str(tmp_path_factory.mktemp("pretrain"))
-  train.pretrain(tiny_config(), workdir)
+  train.pretrain(monitored_config(), workdir)
   return workdir
-
-
-def write_folder(root, classes, per_class, size=20, flat=False):
-  rng = np.random.default_rng(0)
-  for c in range(classes):
-    folder = root if flat else os.path.join(root, f"class_{c}")
-    os.makedirs(folder, exist_ok=True)
-    for i in range(per_class):
-      pixels = rng.integers(0, 255, (size, size + 4, 3), dtype=np.uint8)
-      Image.fromarray(pixels).save(os.path.join(folder, f"img_{c}_{i}.png"))
-  return str(root)
 
 
 def test_pretraining_logs_knn_and_online_probe(pretrained):
@@ -76,7 +46,7 @@ def test_pretraining_logs_knn_and_online_probe(pretrained):
 
 
 def test_knn_monitor_can_use_smaller_views_than_the_evaluation():
-  config = tiny_config(**{"data.eval_image_size": 24, "data.eval_resize": 24})
+  config = monitored_config(**{"data.eval_image_size": 24, "data.eval_resize": 24})
   assert monitor.from_config(config, run_data.make_source(config, "train")).image_size == 24
   config.eval.knn_image_size = 8
   small = monitor.from_config(config, run_data.make_source(config, "train"))
@@ -86,7 +56,7 @@ def test_knn_monitor_can_use_smaller_views_than_the_evaluation():
 
 
 def test_load_encoder_matches_the_training_network_and_the_knn_monitor(pretrained):
-  config = tiny_config()
+  config = monitored_config()
   # The training code's view of the checkpoint: the full state, the BYOL network, eval views.
   optimizer = train.byol.make_optimizer(train.hparams(config, train.plan_run(config, 64)))
   ckpt = checkpointing.Checkpointer(os.path.join(pretrained, "checkpoints"))
@@ -119,7 +89,7 @@ def test_load_encoder_matches_the_training_network_and_the_knn_monitor(pretraine
 
 
 def test_linear_eval_sweeps_learning_rates_and_reports_top1(pretrained, tmp_path, capsys):
-  config = tiny_config(
+  config = monitored_config(
     mode="linear_eval",
     checkpoint=pretrained,
     **{"model.encoder": "checkpoint", "eval.base_lrs": (0.1, 1.0), "eval.val_examples": 16},
@@ -201,7 +171,7 @@ def test_linear_eval_on_standardised_features_matches_numpy_on_load_encoder_feat
   """Through ``linear_eval`` (features encoded once, the checkpoint's own view) against the
   numpy classifier on ``load_encoder``'s features."""
   steps, batch, base_lr = 12, 16, 2.0
-  config = tiny_config(
+  config = monitored_config(
     mode="linear_eval",
     checkpoint=pretrained,
     **{
@@ -218,7 +188,7 @@ def test_linear_eval_on_standardised_features_matches_numpy_on_load_encoder_feat
   assert (results["image_size"], results["standardize_features"]) == (16, True)
   assert "lr_warning" not in results
   assert "warning" not in capsys.readouterr().out
-  reference = tiny_config()
+  reference = monitored_config()
   train_src = run_data.make_source(reference, "train")
   test_src = run_data.make_source(reference, "test")
   enc = byol_jax.load_encoder(pretrained)
@@ -275,7 +245,7 @@ def test_global_accuracy_matches_top_k_accuracy_in_one_process():
 
 
 def test_finetune_on_a_label_subset(pretrained, tmp_path):
-  config = tiny_config(
+  config = monitored_config(
     mode="finetune",
     checkpoint=pretrained,
     **{"model.encoder": "checkpoint", "eval.label_fraction": 0.25, "eval.train_augment": "none"},
@@ -294,7 +264,7 @@ def test_finetune_on_a_label_subset(pretrained, tmp_path):
 
 def test_embed_writes_features_labels_and_file_names(pretrained, tmp_path):
   folder = write_folder(tmp_path / "images", classes=2, per_class=3)
-  config = tiny_config(
+  config = monitored_config(
     mode="embed",
     checkpoint=pretrained,
     **{"model.encoder": "checkpoint", "data.source": "folder", "data.path": folder},
@@ -316,11 +286,13 @@ def test_user_errors_are_one_line(pretrained, tmp_path):
   for bad in (str(tmp_path / "missing"), str(tmp_path)):
     with pytest.raises(UserError, match="pass a training workdir or a checkpoint step folder"):
       byol_jax.load_encoder(bad)
-  config = tiny_config(mode="linear_eval", checkpoint=pretrained, **{"model.encoder": "resnet18"})
+  config = monitored_config(
+    mode="linear_eval", checkpoint=pretrained, **{"model.encoder": "resnet18"}
+  )
   with pytest.raises(UserError, match="holds a tiny x1, small-image stem encoder but the config"):
     evaluate.linear_eval(config, str(tmp_path))
   flat = write_folder(tmp_path / "flat", classes=1, per_class=4, flat=True)
-  config = tiny_config(
+  config = monitored_config(
     mode="linear_eval",
     checkpoint=pretrained,
     **{"model.encoder": "checkpoint", "data.source": "folder", "data.path": flat},
@@ -329,7 +301,7 @@ def test_user_errors_are_one_line(pretrained, tmp_path):
     evaluate.linear_eval(config, str(tmp_path))
   assert "\n" not in str(error.value)
   with pytest.raises(UserError, match="online_probe_classes=3 but synthetic has 4 classes"):
-    train.pretrain(tiny_config(**{"eval.online_probe_classes": 3}), str(tmp_path / "probe"))
+    train.pretrain(monitored_config(**{"eval.online_probe_classes": 3}), str(tmp_path / "probe"))
 
 
 def test_command_line_reports_a_bad_checkpoint_path(tmp_path):

@@ -1,37 +1,12 @@
 """The command line: the default run works, and bad input gives one clear line, not a traceback."""
 
 import os
-import subprocess
-import sys
 
 import numpy as np
 import pytest
 from PIL import Image
+from processes import assert_one_line_error, run_main
 from tiny import tiny_flags
-
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-
-
-def run_main(*args, cwd=REPO):
-  env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=8", JAX_PLATFORMS="cpu")
-  return subprocess.run(
-    [sys.executable, "-m", "byol_jax.main", *args],
-    cwd=cwd,
-    env=env,
-    capture_output=True,
-    text=True,
-    timeout=600,
-    check=False,
-  )
-
-
-def assert_one_line_error(result, *fragments):
-  assert result.returncode != 0
-  assert "Traceback" not in result.stderr, result.stderr
-  lines = [line for line in result.stderr.splitlines() if line.startswith("error: ")]
-  assert len(lines) == 1, result.stderr
-  for fragment in fragments:
-    assert fragment in lines[0], lines[0]
 
 
 def test_default_config_runs_end_to_end(tmp_path):

@@ -10,7 +10,7 @@ import pytest
 import tensorflow as tf
 import tensorflow_datasets as tfds
 from PIL import Image
-from test_main import assert_one_line_error, run_main
+from processes import assert_one_line_error, run_main
 from tiny import REPO, read_metrics, tiny_flags
 
 from byol_jax import config_base, run_data

@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 import tiny
 from matplotlib import image as mpimg
-from test_evaluate import tiny_config, write_folder
-from test_main import assert_one_line_error, run_main
+from processes import assert_one_line_error, run_main
+from tiny import monitored_config, write_folder
 
 from byol_jax import report, train
 from byol_jax.errors import UserError
@@ -19,7 +19,7 @@ from byol_jax.errors import UserError
 def run(tmp_path_factory):
   """A tiny pretraining with the kNN monitor and the online probe: every panel has data."""
   workdir = str(tmp_path_factory.mktemp("run"))
-  train.pretrain(tiny_config(num_steps=6), workdir)
+  train.pretrain(monitored_config(num_steps=6), workdir)
   return workdir
 
 

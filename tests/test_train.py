@@ -12,18 +12,10 @@ import jax
 import numpy as np
 import pytest
 import tensorflow_datasets as tfds
-from tiny import load_config_module, read_metrics, tiny_config
+from tiny import final_state, load_config_module, read_metrics, tiny_config
 
 from byol_jax import checkpointing, train
 from byol_jax.errors import UserError
-
-
-def final_state(workdir, config, step=None):
-  ckpt = checkpointing.Checkpointer(os.path.join(workdir, "checkpoints"))
-  optimizer = train.byol.make_optimizer(train.hparams(config, train.plan_run(config, 64)))
-  state = ckpt.restore(train.initial_state(config, optimizer)._asdict(), step)
-  ckpt.close()
-  return state
 
 
 @functools.cache

@@ -1,9 +1,13 @@
-"""Tiny configs shared by the end-to-end tests: a 16 px synthetic dataset and the tiny ResNet."""
+"""Tiny configs and helpers shared by the end-to-end tests: a 16 px synthetic dataset, the tiny
+ResNet, image folders and saved states."""
 
 import json
 import os
 
-from byol_jax import config_base
+import numpy as np
+from PIL import Image
+
+from byol_jax import checkpointing, config_base, train
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -52,3 +56,43 @@ def read_metrics(workdir):
   """The records of ``<workdir>/metrics.jsonl``."""
   with open(os.path.join(workdir, "metrics.jsonl")) as f:
     return [json.loads(line) for line in f]
+
+
+def monitored_config(**overrides):
+  """The shared tiny pretraining config, with the monitor, probe and short evaluations on."""
+  defaults = {
+    "data.synthetic_classes": 4,
+    "num_steps": 4,
+    "optim.warmup_steps": 1,
+    "log_every_steps": 2,
+    "checkpoint_every_steps": 4,
+    "eval.knn_every_steps": 2,
+    "eval.knn_k": 20,
+    "eval.knn_train_examples": 48,
+    "eval.online_probe_classes": 4,
+    "eval.batch_size": 16,
+    "eval.num_steps": 2,
+    "eval.log_every_steps": 1,
+  }
+  return tiny_config(**{**defaults, **overrides})
+
+
+def write_folder(root, classes, per_class, size=20, flat=False):
+  """An image folder of random PNGs, ``<root>/class_<c>/`` (or all in ``root`` when ``flat``)."""
+  rng = np.random.default_rng(0)
+  for c in range(classes):
+    folder = root if flat else os.path.join(root, f"class_{c}")
+    os.makedirs(folder, exist_ok=True)
+    for i in range(per_class):
+      pixels = rng.integers(0, 255, (size, size + 4, 3), dtype=np.uint8)
+      Image.fromarray(pixels).save(os.path.join(folder, f"img_{c}_{i}.png"))
+  return str(root)
+
+
+def final_state(workdir, config, step=None):
+  """The train state saved in ``<workdir>/checkpoints`` (the newest, or ``step``'s)."""
+  ckpt = checkpointing.Checkpointer(os.path.join(workdir, "checkpoints"))
+  optimizer = train.byol.make_optimizer(train.hparams(config, train.plan_run(config, 64)))
+  state = ckpt.restore(train.initial_state(config, optimizer)._asdict(), step)
+  ckpt.close()
+  return state
