@@ -12,7 +12,8 @@ representation per CPU second (every figure: BENCHMARKS.md, CIFAR-10 section):
   Eq. 6: ``loss.infonce_weight`` β = 1, temperature α = 0.3; ``byol_jax/contrastive.py``), a
   departure from the BYOL recipe, whose β is 0. Over three seeds this and batch 64 with twice the
   steps (below) raised linear top-1 on the hold-out from 57.18% to 61.11%; each alone gave +0.7
-  point (seed 0), together +3.3. α = 0.2 and 0.5 did no better (61.34%, 58.62%; seed 0).
+  point (seed 0), together +3.3. α = 0.2 and 0.5 did no better (61.34%, 58.62%; seed 0), nor
+  did a slower target, τ_base 0.95 (59.62%).
 * A small ResNet: the small-image stem's 3x3 convolution to 16 channels, then one basic block in
   each of three stride-2 stages of 32, 64 and 256 channels (the "tiny" encoder without its
   stride-1 stage, ``model.tiny_blocks = (0, 1, 1, 1)``, with a wider last stage,
