@@ -135,11 +135,11 @@ def wait_for_output(run: Run, text: str, timeout_s: float = TIMEOUT_S) -> None:
     time.sleep(0.2)
 
 
-def run_main(*args, cwd=REPO):
-  """``python -m byol_jax.main *args`` in one process with 8 fake CPU devices, to completion."""
+def run_python(*args, cwd=REPO):
+  """``python *args`` in one process with 8 fake CPU devices, to completion, output captured."""
   env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=8", JAX_PLATFORMS="cpu")
   return subprocess.run(
-    [sys.executable, "-m", "byol_jax.main", *args],
+    [sys.executable, *args],
     cwd=cwd,
     env=env,
     capture_output=True,
@@ -147,6 +147,11 @@ def run_main(*args, cwd=REPO):
     timeout=600,
     check=False,
   )
+
+
+def run_main(*args, cwd=REPO):
+  """``python -m byol_jax.main *args`` in one process with 8 fake CPU devices, to completion."""
+  return run_python("-m", "byol_jax.main", *args, cwd=cwd)
 
 
 def assert_one_line_error(result, *fragments):

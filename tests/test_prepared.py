@@ -2,16 +2,14 @@
 without TensorFlow, and a run from one trains on exactly the folder's images and hold-out."""
 
 import os
-import subprocess
-import sys
 
 import numpy as np
 import pytest
 import tensorflow as tf
 import tensorflow_datasets as tfds
 from PIL import Image
-from processes import assert_one_line_error, run_main
-from tiny import REPO, read_metrics, tiny_flags
+from processes import assert_one_line_error, run_main, run_python
+from tiny import read_metrics, tiny_flags
 
 from byol_jax import config_base, run_data
 from byol_jax.data import in_memory, pipeline, prepared, sources
@@ -36,16 +34,7 @@ def _write_folder(root, *, size=(16, 16), classes=3, per_class=8, ext="png"):
 
 
 def _run_without_tensorflow(code: str):
-  env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=8", JAX_PLATFORMS="cpu")
-  return subprocess.run(
-    [sys.executable, "-c", _WITHOUT_TF + code],
-    cwd=REPO,
-    env=env,
-    capture_output=True,
-    text=True,
-    timeout=600,
-    check=False,
-  )
+  return run_python("-c", _WITHOUT_TF + code)
 
 
 def test_a_prepared_folder_trains_as_the_folder_without_tensorflow(tmp_path):
