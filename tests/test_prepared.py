@@ -2,6 +2,7 @@
 without TensorFlow, and a run from one trains on exactly the folder's images and hold-out."""
 
 import os
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -9,7 +10,7 @@ import tensorflow as tf
 import tensorflow_datasets as tfds
 from PIL import Image
 from processes import assert_one_line_error, run_main, run_python
-from tiny import read_metrics, tiny_flags
+from tiny import read_metrics, tiny_flags, write_folder
 
 from byol_jax import config_base, run_data
 from byol_jax.data import in_memory, pipeline, prepared, sources
@@ -23,16 +24,6 @@ _WITHOUT_TF = (
 )
 
 
-def _write_folder(root, *, size=(16, 16), classes=3, per_class=8, ext="png"):
-  rng = np.random.default_rng(0)
-  for c in range(classes):
-    os.makedirs(root / f"class_{c}", exist_ok=True)
-    for i in range(per_class):
-      pixels = rng.integers(0, 256, (*size, 3), dtype=np.uint8)
-      Image.fromarray(pixels).save(root / f"class_{c}" / f"{i:02d}.{ext}")
-  return root
-
-
 def _run_without_tensorflow(code: str):
   return run_python("-c", _WITHOUT_TF + code)
 
@@ -41,7 +32,7 @@ def test_a_prepared_folder_trains_as_the_folder_without_tensorflow(tmp_path):
   """Prepare a PNG folder on the command line, pretrain from the file with TensorFlow unimportable
   (device pipeline, hold-out, kNN monitor, checkpoints), then load the encoder the same way: the
   run's losses and kNN accuracies equal those of the run from the folder itself."""
-  folder = _write_folder(tmp_path / "images")
+  folder = write_folder(tmp_path / "images")
   prepare = run_main(
     f"--workdir={tmp_path / 'prepared'}",
     "--config.mode=prepare",
@@ -51,7 +42,7 @@ def test_a_prepared_folder_trains_as_the_folder_without_tensorflow(tmp_path):
   assert prepare.returncode == 0, prepare.stderr[-3000:]
   path = tmp_path / "prepared" / "train.npz"
   assert f"Prepared 24 images of folder:{folder}: {path}" in prepare.stdout
-  file_bytes = sum(os.path.getsize(p) for p in folder.glob("*/*.png"))
+  file_bytes = sum(os.path.getsize(p) for p in Path(folder).glob("*/*.png"))
   assert file_bytes < os.path.getsize(path) < file_bytes + 8192  # the files' bytes, as they are
 
   run = {
@@ -107,8 +98,8 @@ def _by_step(workdir):
 def test_the_file_holds_the_folders_images_labels_and_hold_out(tmp_path):
   """JPEG and PNG files round-trip (PNG to the pixels TensorFlow decodes, JPEG to PIL's), with
   labels, class names and the folder's stratified hold-out."""
-  folder = _write_folder(tmp_path / "images", ext="png", per_class=5)
-  _write_folder(tmp_path / "images", ext="jpg", per_class=5, classes=2)
+  folder = write_folder(tmp_path / "images", ext="png", per_class=5)
+  write_folder(tmp_path / "images", ext="jpg", per_class=5, classes=2)
   source = sources.folder_source(str(folder))
   out = tmp_path / "prepared"
   os.makedirs(out)
@@ -177,7 +168,7 @@ def test_in_memory_evaluation_views_match_tf_data(shape):
 
 
 def test_bad_prepared_data_is_one_clear_line(tmp_path):
-  folder = _write_folder(tmp_path / "images", per_class=2)
+  folder = write_folder(tmp_path / "images", per_class=2)
   config = config_base.get_base_config()
   config.data.source, config.data.path = "folder", str(folder)
   run_data.prepare(config, str(tmp_path / "out"))
@@ -193,8 +184,8 @@ def test_bad_prepared_data_is_one_clear_line(tmp_path):
     (damaged / "train.npz").write_bytes(f.read()[:500])
   with pytest.raises(UserError, match="not a prepared data file"):
     prepared.load(str(damaged), "train")
-  _write_folder(tmp_path / "mixed", size=(16, 16), per_class=1)
-  _write_folder(tmp_path / "mixed", size=(12, 16), per_class=1, classes=1, ext="jpg")
+  write_folder(tmp_path / "mixed", size=(16, 16), per_class=1)
+  write_folder(tmp_path / "mixed", size=(12, 16), per_class=1, classes=1, ext="jpg")
   with pytest.raises(UserError, match=r"several sizes .*pipeline=tfdata"):
     prepared.prepare(sources.folder_source(str(tmp_path / "mixed")), str(tmp_path / "m.npz"))
   assert not os.path.exists(tmp_path / "m.npz")

@@ -77,15 +77,16 @@ def monitored_config(**overrides):
   return tiny_config(**{**defaults, **overrides})
 
 
-def write_folder(root, classes, per_class, size=20, flat=False):
-  """An image folder of random PNGs, ``<root>/class_<c>/`` (or all in ``root`` when ``flat``)."""
+def write_folder(root, classes=3, per_class=8, size=(20, 24), ext="png", flat=False):
+  """An image folder of random images (height, width = ``size``; PNG, or JPEG for ``ext="jpg"``),
+  ``<root>/class_<c>/`` (or all in ``root`` when ``flat``); returns ``root`` as a string."""
   rng = np.random.default_rng(0)
   for c in range(classes):
     folder = root if flat else os.path.join(root, f"class_{c}")
     os.makedirs(folder, exist_ok=True)
     for i in range(per_class):
-      pixels = rng.integers(0, 255, (size, size + 4, 3), dtype=np.uint8)
-      Image.fromarray(pixels).save(os.path.join(folder, f"img_{c}_{i}.png"))
+      pixels = rng.integers(0, 256, (*size, 3), dtype=np.uint8)
+      Image.fromarray(pixels).save(os.path.join(folder, f"img_{c}_{i}.{ext}"))
   return str(root)
 
 
