@@ -17,9 +17,9 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 import tensorflow as tf
+from crop_boxes import STATISTICS, original_boxes, statistics
 from PIL import Image
 from scipy import stats
-from test_crop_distribution import STATISTICS, _original_boxes, _statistics
 from tiny import final_state, read_metrics, tiny_config
 
 from byol_jax import byol, train
@@ -42,8 +42,8 @@ def test_crop_boxes_are_distributed_as_the_original_code_draws_them(shape):
   height, width = shape
   got = np.stack([_jax_boxes(height, width, augment.PAPER_T, NUM_PAIRS, s) for s in (1, 2)])
   rng = np.random.default_rng(7)
-  want = np.stack([_original_boxes(rng, height, width, NUM_PAIRS) for _ in range(2)])
-  got_stats, want_stats = _statistics(got, height, width), _statistics(want, height, width)
+  want = np.stack([original_boxes(rng, height, width, NUM_PAIRS) for _ in range(2)])
+  got_stats, want_stats = statistics(got, height, width), statistics(want, height, width)
   p_values = {k: stats.ks_2samp(got_stats[k], want_stats[k]).pvalue for k in STATISTICS}
   assert min(p_values.values()) > 1e-3, p_values
   y, x, h, w = got.reshape(-1, 4).T

@@ -23,8 +23,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from test_interop import import_torch, random_values, write_original_pickle
+from original_checkpoint import random_values, write_original_pickle
 from tiny import read_metrics, tiny_config
+from torch_import import import_torch
 
 import byol_jax
 from byol_jax import (

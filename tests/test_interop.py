@@ -1,30 +1,23 @@
 """The original code's released checkpoints in, PyTorch out.
 
-The original checkpoint is recreated here as the 2020 code wrote it, from its description and not
-from byol_jax's names: ``byol/utils/checkpointing.py`` pickled ``dict(experiment_state, step, rng)``
-with ``dill.dump(..., protocol=2)``; the experiment state is the named tuple of
-``byol/byol_experiment.py`` holding Haiku 0.0.x ``FlatMapping`` trees (pickled as
-``haiku._src.data_structures.FlatMapping(dict)``) and the LARS optimiser's state (an optax chain);
-the module names are Haiku's for the classes ``ResNet50`` (``res_net50``), ``MLP`` heads and a
-``classifier``; arrays are numpy's of 2020 (``numpy.core.multiarray``). It is then imported where
-neither those classes nor dill can be imported, as on a user's machine.
+The original checkpoint is recreated as the 2020 code wrote it (``original_checkpoint.py``), with
+the module names of Haiku's classes ``ResNet50`` (``res_net50``), ``MLP`` heads and a
+``classifier``. It is then imported where neither those classes nor dill can be imported, as on a
+user's machine.
 """
 
-import collections
-import contextlib
 import importlib
-import io
 import os
 import pickle
 import sys
-import types
 from types import SimpleNamespace
 
-import dill
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from original_checkpoint import STEP, random_values, write_original_pickle
+from torch_import import import_torch
 
 import byol_jax
 from byol_jax import checkpointing, encoder, interop, models
@@ -41,7 +34,6 @@ R50_GROUPS = ((3, 256, 1), (4, 512, 2), (6, 1024, 2), (3, 2048, 2))
 HIDDEN, OUTPUT, CLASSES = 64, 16, 10  # small heads: the import reads their sizes off the weights
 IMAGENET_MEAN = np.array([0.485, 0.456, 0.406])
 IMAGENET_STD = np.array([0.229, 0.224, 0.225])
-STEP = 300_000
 
 
 def original_layout():
@@ -79,113 +71,6 @@ def original_layout():
     for ema in ("mean_ema", "var_ema")
   }
   return params, state
-
-
-def random_values(layout, seed):
-  """Random parameters and BN state (numpy) of ``layout``.
-
-  Weights are He-scaled and the BN statistics random, so that a wrong mapping shows in the output;
-  the last BN scale of each block is small to keep 16 residual blocks from blowing up.
-  """
-  rng = np.random.default_rng(seed)
-
-  def param(module, name, shape):
-    if name == "w":
-      return rng.normal(0, np.sqrt(2.0 / np.prod(shape[:-1])), shape).astype(np.float32)
-    if name == "scale":
-      return rng.uniform(0.1, 0.3 if module.endswith("batchnorm_2") else 1.2, shape).astype(
-        np.float32
-      )
-    return rng.normal(0, 0.1, shape).astype(np.float32)
-
-  def stat(module, name, shape):
-    if name == "counter":
-      return np.asarray(1234, np.int32)
-    if module.endswith("var_ema"):
-      return rng.uniform(0.5, 2.0, shape).astype(np.float32)
-    return rng.normal(0, 0.2, shape).astype(np.float32)
-
-  shapes, state_shapes = layout
-  params = {m: {n: param(m, n, s) for n, s in d.items()} for m, d in shapes.items()}
-  state = {m: {n: stat(m, n, s) for n, s in d.items()} for m, d in state_shapes.items()}
-  return params, state
-
-
-# ---------------------------------------------------------------------------------------------
-# The 2020 classes, under their 2020 paths, and the writer.
-
-
-class FlatMapping(dict):
-  """Haiku 0.0.x's immutable mapping as it pickled: ``FlatMapping(<dict of its items>)``."""
-
-  def __reduce__(self):
-    return FlatMapping, (dict(self),)
-
-
-FlatMapping.__module__ = "haiku._src.data_structures"
-
-_ByolExperimentState = collections.namedtuple(
-  "_ByolExperimentState",
-  ("online_params", "target_params", "online_state", "target_state", "opt_state"),
-  module="byol.byol_experiment",
-)
-# The optimiser: optax.chain(add_weight_decay, scale_by_lars, optax.scale(-lr)).
-AddWeightDecayState = collections.namedtuple(
-  "AddWeightDecayState", (), module="byol.utils.optimizers"
-)
-ScaleByLarsState = collections.namedtuple(
-  "ScaleByLarsState", ("mu",), module="byol.utils.optimizers"
-)
-ScaleState = collections.namedtuple("ScaleState", (), module="optax._src.transform")
-
-
-@contextlib.contextmanager
-def importable(*classes):
-  """Makes each class importable under its ``__module__`` while inside, then undoes it all.
-
-  A module that exists gets the attribute set for the time being; a missing one is a stand-in.
-  """
-  with pytest.MonkeyPatch.context() as patch:
-    for cls in classes:
-      try:
-        module = importlib.import_module(cls.__module__)
-      except ImportError:
-        parts = cls.__module__.split(".")
-        for i in range(1, len(parts) + 1):
-          name = ".".join(parts[:i])
-          if name not in sys.modules:
-            patch.setitem(sys.modules, name, types.ModuleType(name))
-        module = sys.modules[cls.__module__]
-      patch.setattr(module, cls.__qualname__, cls, raising=False)
-    yield
-
-
-def flat_mapping(tree):
-  return FlatMapping({module: FlatMapping(leaves) for module, leaves in tree.items()})
-
-
-def write_original_pickle(path, online, target):
-  """Writes ``online`` / ``target`` (params, state) as the original code wrote checkpoints."""
-  (params, state), (target_params, target_state) = online, target
-  momentum = {m: {n: np.zeros_like(v) for n, v in d.items()} for m, d in params.items()}
-  experiment_state = _ByolExperimentState(
-    online_params=flat_mapping(params),
-    target_params=flat_mapping(target_params),
-    online_state=flat_mapping(state),
-    target_state=flat_mapping(target_state),
-    opt_state=(AddWeightDecayState(), ScaleByLarsState(mu=flat_mapping(momentum)), ScaleState()),
-  )
-  data = dict(experiment_state=experiment_state, step=STEP, rng=np.array([0, 42], np.uint32))
-  buffer = io.BytesIO()
-  with importable(FlatMapping):
-    dill.dump(data, buffer, protocol=2)
-  blob = buffer.getvalue()
-  assert b"chaiku._src.data_structures\nFlatMapping\n" in blob
-  assert b"byol.byol_experiment" in blob
-  # numpy 1.x, in 2020, named its array reconstructor by this path (numpy 2: numpy._core).
-  blob = blob.replace(b"cnumpy._core.multiarray\n", b"cnumpy.core.multiarray\n")
-  with open(path, "wb") as f:
-    f.write(blob)
 
 
 @jax.jit
@@ -356,20 +241,6 @@ def test_import_errors(original, tmp_path):
 
 # ---------------------------------------------------------------------------------------------
 # PyTorch export.
-
-
-def import_torch():
-  """torch; a local run without it skips, but CI (``CI`` set) fails: .ci/run installs torch."""
-  if os.environ.get("CI", "").lower() in ("", "0", "false"):
-    return pytest.importorskip("torch")
-  try:
-    import torch
-  except ImportError as e:
-    pytest.fail(
-      f"CI={os.environ['CI']} but torch does not import ({e}): .ci/run installs torch==2.13.0 "
-      "so that the PyTorch export test runs."
-    )
-  return torch
 
 
 def test_missing_torch_skips_locally_but_fails_in_ci(monkeypatch):
