@@ -2,11 +2,9 @@
 
 import os
 
-import numpy as np
 import pytest
-from PIL import Image
 from processes import assert_one_line_error, run_main
-from tiny import tiny_flags
+from tiny import tiny_flags, write_folder
 
 
 def test_default_config_runs_end_to_end(tmp_path):
@@ -50,19 +48,10 @@ def test_empty_image_folder_gives_one_line(tmp_path):
   assert_one_line_error(result, str(tmp_path / "images"))
 
 
-def _write_image_folder(root, classes=2, per_class=8):
-  rng = np.random.default_rng(0)
-  for c in range(classes):
-    (root / f"class_{c}").mkdir(parents=True)
-    for i in range(per_class):
-      pixels = rng.integers(0, 255, (20, 20, 3), dtype=np.uint8)
-      Image.fromarray(pixels).save(root / f"class_{c}" / f"{i}.jpg")
-
-
 def test_console_shows_the_projects_lines_only_unless_verbose(tmp_path):
   """A short run on an image folder (TensorFlow reads it, Orbax saves twice): by default every
   console line is the project's; ``--verbosity=0`` brings the libraries' INFO lines back."""
-  _write_image_folder(tmp_path / "images")
+  write_folder(tmp_path / "images", classes=2, per_class=8, size=(20, 20), ext="jpg")
   args = [
     *tiny_flags(**{"data.source": "folder", "data.path": tmp_path / "images"}),
     "--config.num_steps=4",
