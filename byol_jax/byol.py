@@ -12,7 +12,8 @@ the target update ξ <- τ ξ + (1 - τ) θ (:func:`target_ema`) with τ anneale
 learning rate (``schedules.warmup_cosine``), all composed in :func:`make_update_fn`.
 
 The ablations of the BYOL and SimSiam papers change one of these pieces each (``ByolHParams``):
-the loss (``losses.LossSpec``; the unified InfoNCE objective in ``contrastive``), a constant τ,
+the loss (``losses.LossSpec``; the unified InfoNCE objective in ``contrastive``, past targets as
+further negatives in ``negatives_queue``), a constant τ,
 and with a constant τ of 0 no target network at all: the online network's own projections under
 stop-gradient are the targets (SimSiam), and no second copy of the parameters is kept.
 """
@@ -29,7 +30,16 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from byol_jax import collapse, contrastive, losses, models, optimizers, parallel, schedules
+from byol_jax import (
+  collapse,
+  contrastive,
+  losses,
+  models,
+  negatives_queue,
+  optimizers,
+  parallel,
+  schedules,
+)
 from byol_jax.data import device_augment, device_crop
 
 Batch = dict[str, jax.Array]
@@ -48,6 +58,9 @@ class TrainState(NamedTuple):
   target_state: hk.State
   opt_state: optax.OptState
   skipped_steps: jax.Array  # int32 scalar: updates dropped for a non-finite loss or update
+  # {"keys": [K, d]}: the past target projections of ``negatives_queue`` (K =
+  # ``loss.infonce_queue``); {} without a queue.
+  queue: dict[str, jax.Array]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -101,10 +114,18 @@ def init_state(
   rng: jax.Array,
   dummy_images: jax.Array,
   separate_target: bool = True,
+  queue_size: int = 0,
 ) -> TrainState:
   """Initial state; the target starts as a copy of the online encoder and projector (none
-  without ``separate_target``: empty target parameters and state)."""
+  without ``separate_target``: empty target parameters and state). ``queue_size`` > 0 adds an
+  empty queue of negatives (``negatives_queue``) as wide as the projections."""
   online_params, online_state = network.init(rng, dummy_images, is_training=True)
+  queue = {}
+  if queue_size:
+    out = jax.eval_shape(
+      lambda: network.apply(online_params, online_state, dummy_images, is_training=True)[0]
+    )
+    queue = {"keys": negatives_queue.empty(queue_size, out["projection"].shape[-1])}
   _, target_params = models.split_predictor(online_params)
   _, target_state = models.split_predictor(online_state)
   if not separate_target:
@@ -117,6 +138,7 @@ def init_state(
     target_state=jax.tree.map(jnp.copy, target_state),
     opt_state=optimizer.init(online_params),
     skipped_steps=jnp.zeros((), jnp.int32),
+    queue=queue,
   )
 
 
@@ -229,17 +251,18 @@ def _forward(network, params, net_state, views, with_predictor):
 
 
 def _online_loss(
-  network, axis_name, spec, online_params, online_state, views, target_projections, labels
+  network, axis_name, spec, queue, online_params, online_state, views, target_projections, labels
 ):
   """The symmetrised BYOL loss of the online predictions against the target projections (None:
-  the online projections themselves, as SimSiam's, stopped if ``spec.stop_gradient``)."""
+  the online projections themselves, as SimSiam's, stopped if ``spec.stop_gradient``), with the
+  InfoNCE negatives of the batch and of ``queue`` (None: none) when ``spec.infonce_weight``."""
   (out_1, out_2), online_state = _forward(network, online_params, online_state, views, True)
   if target_projections is None:
     target_projections = (out_1["projection"], out_2["projection"])
   predictions = (out_1["prediction"], out_2["prediction"])
   loss = losses.byol_loss(*predictions, *target_projections, spec)
   if spec.infonce_weight:
-    loss += contrastive.infonce_term(*predictions, *target_projections, spec, axis_name)
+    loss += contrastive.infonce_term(*predictions, *target_projections, spec, axis_name, queue)
   probe = {}
   total = loss
   if "logits" in out_1:
@@ -247,7 +270,8 @@ def _online_loss(
     # embedding, only for labelled examples; it trains the probe and nothing else.
     probe = _probe_metrics(out_1["logits"], labels, axis_name)
     total = loss + probe["probe_loss"]
-  return total, (online_state, (out_1["projection"], out_1["embedding"]), loss, probe)
+  keys = jax.lax.stop_gradient(tuple(target_projections))
+  return total, (online_state, (out_1["projection"], out_1["embedding"], keys), loss, probe)
 
 
 def batch_gradients(
@@ -259,8 +283,8 @@ def batch_gradients(
   that an accumulated step holds one micro-batch of them at a time, not the whole batch.
   ``spec`` is the loss (``losses.LossSpec``). Without target parameters (a constant τ of 0) the
   targets are the online projections of the same forward pass.
-  Returns ``(grads, (loss, probe metrics, online (projections, embeddings) of view 1),
-  bn_states)``.
+  Returns ``(grads, (loss, probe metrics, (online projections and embeddings of view 1, the
+  targets of both views)), bn_states)``.
   """
   views = prepare(raw_views)
   online_state, target_state = bn_states
@@ -270,7 +294,7 @@ def batch_gradients(
     # and its activations are not kept for the backward pass.
     target_outs, target_state = _forward(network, state.target_params, target_state, views, False)
     target_projections = [jax.lax.stop_gradient(o["projection"]) for o in target_outs]
-  loss_fn = functools.partial(_online_loss, network, axis_name, spec)
+  loss_fn = functools.partial(_online_loss, network, axis_name, spec, state.queue.get("keys"))
   (_, (online_state, outputs, loss, probe)), grads = jax.value_and_grad(loss_fn, has_aux=True)(
     state.online_params, online_state, views, target_projections, labels
   )
@@ -313,6 +337,14 @@ def target_ema(target_params: hk.Params, online_params: hk.Params, tau: jax.Arra
   """The target update ξ <- τ ξ + (1 - τ) θ, over the online parameters without the predictor."""
   _, online_no_pred = models.split_predictor(online_params)
   return jax.tree.map(lambda t, o: tau * t + (1.0 - tau) * o, target_params, online_no_pred)
+
+
+def _pushed_keys(queue: jax.Array, keys: tuple[jax.Array, jax.Array], axis_name: str | None):
+  """``queue`` after this step's targets: the global batch's unit ψ of view 1, then of view 2."""
+  if axis_name is not None:
+    keys = jax.lax.all_gather(keys, axis_name, tiled=True)
+  rows = jnp.concatenate([losses.l2_normalize(k.astype(jnp.float32)) for k in keys])
+  return negatives_queue.push(queue, rows)
 
 
 def _unless_nonfinite(state: TrainState, new_state: TrainState, loss, grad_norm) -> TrainState:
@@ -389,6 +421,11 @@ def make_update_fn(
         f"hyperparameters (tau_schedule={hp.tau_schedule!r}, tau_base={hp.tau_base}) "
         f"{'do not keep' if state.target_params else 'keep'} a target network."
       )
+    if bool(state.queue) != bool(hp.loss.infonce_queue):
+      raise ValueError(
+        f"The state {'has' if state.queue else 'lacks'} a queue of negatives but "
+        f"loss.infonce_queue={hp.loss.infonce_queue}."
+      )
     # The device pipeline sends each image once; both views are cut from it here.
     raw_views = (
       (batch["image"], batch["image"]) if device_crop_size else (batch["view1"], batch["view2"])
@@ -402,7 +439,7 @@ def make_update_fn(
       share=share,
       crop_size=device_crop_size,
     )
-    grads, (loss, probe, (projection, embedding)), (online_state, target_state) = gradients(
+    grads, (loss, probe, (projection, embedding, keys)), (online_state, target_state) = gradients(
       state,
       (state.online_state, state.target_state),
       raw_views,
@@ -430,6 +467,7 @@ def make_update_fn(
       target_state=target_state,
       opt_state=opt_state,
       skipped_steps=state.skipped_steps,
+      queue={"keys": _pushed_keys(state.queue["keys"], keys, axis_name)} if state.queue else {},
     )
     metrics = dict(
       loss=loss,

@@ -123,7 +123,9 @@ class Checkpointer:
     """Restores the state at ``step`` (default: the latest) into the structure of ``target``.
 
     Raises UserError when the checkpoint holds other shapes than ``target`` (another
-    architecture), and CorruptCheckpointError when its files cannot be read.
+    architecture), and CorruptCheckpointError when its files cannot be read. Entries of a dict
+    ``target`` that hold no arrays and that the checkpoint lacks (fields added to the state
+    after it was written, empty in this run) are restored as they are in ``target``.
     """
     step = self._require_step(step)
     target = jax.tree.map(np.asarray, target)
@@ -132,6 +134,11 @@ class Checkpointer:
       saved = {_path(p): tuple(m.shape) for p, m in jax.tree_util.tree_leaves_with_path(metadata)}
     except Exception as e:
       raise CorruptCheckpointError(f"{self.directory}/{step}: {_first_line(e)}") from e
+    newer = {}
+    if isinstance(target, Mapping) and hasattr(metadata, "keys"):  # (Orbax's tree metadata)
+      on_disk = set(metadata.keys())
+      newer = {k: v for k, v in target.items() if k not in on_disk and not jax.tree.leaves(v)}
+      target = {k: v for k, v in target.items() if k not in newer}
     wanted = {_path(p): x.shape for p, x in jax.tree_util.tree_leaves_with_path(target)}
     if saved != wanted:
       diff = sorted(set(saved.items()) ^ set(wanted.items()))[:2]
@@ -146,7 +153,7 @@ class Checkpointer:
       )
     except Exception as e:
       raise CorruptCheckpointError(f"{self.directory}/{step}: {_first_line(e)}") from e
-    return restored.state
+    return {**restored.state, **newer} if newer else restored.state
 
   def restore_latest_intact(
     self,

@@ -241,6 +241,9 @@ def get_base_config() -> ml_collections.ConfigDict:
   # β=1 without predictor, with a constant τ of 0 and no stop-gradient is SimCLR.
   c.loss.infonce_weight = 0.0
   c.loss.infonce_temperature = 0.1
+  # > 0: also the target projections of the last this many views (both views of each example,
+  # newest first) as negatives, MoCo's queue (byol_jax/negatives_queue.py); 0: the batch's only.
+  c.loss.infonce_queue = 0
 
   # A workdir or checkpoint whose online encoder initialises a fresh run (the heads start anew).
   c.init_encoder_from = ""
@@ -579,6 +582,14 @@ def _validate_loss(config: ml_collections.ConfigDict) -> None:
   _one_of(config, "loss.stop_gradient", (True, False))
   _number_in(config, "loss.infonce_weight", 0.0)
   _positive(config, "loss.infonce_temperature")
+  _int_at_least(config, "loss.infonce_queue", 0, "(0 = the batch's negatives only)")
+  if config.loss.infonce_queue and not config.loss.infonce_weight:
+    _fail(
+      config,
+      "loss.infonce_queue",
+      "holds negatives for the InfoNCE term, which is off (loss.infonce_weight=0)",
+      "--config.loss.infonce_weight=1.0, or --config.loss.infonce_queue=0",
+    )
   if not config.loss.stop_gradient and not shares_target(config.optim):
     _fail(
       config,

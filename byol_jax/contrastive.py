@@ -13,6 +13,8 @@ and the online network as an un-stopped target (``loss.stop_gradient=False``) is
 scaled by 2α (the paper's Appendix F.5). The sums over j run over the whole global batch: ψ is
 gathered from every device of every host (``all_gather``, whose gradient flows back to the
 device that computed each ψ). The loss is symmetrised as BYOL's is (v and v' swapped, added).
+With a queue of past ψ (``byol_jax/negatives_queue.py``, ``loss.infonce_queue``) its keys are
+negatives of every anchor too, added to the denominator's sums.
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
-from byol_jax import losses
+from byol_jax import losses, negatives_queue
 
 
 def _unit(x: jax.Array) -> jax.Array:
@@ -39,16 +41,22 @@ def log_denominators(
   other_view: jax.Array,
   positions: jax.Array,
   temperature: float,
+  queue: jax.Array | None = None,
 ) -> jax.Array:
   """Per anchor i: ln( Σ_{j≠i} exp(S(v_i, v_j)/α) + Σ_j exp(S(v_i, v'_j)/α) ) over the global
   batch; ``anchors`` are this device's unit φ(v), at ``positions`` of the global batch, and
-  ``same_view``, ``other_view`` the whole global batch's unit ψ(v), ψ(v')."""
+  ``same_view``, ``other_view`` the whole global batch's unit ψ(v), ψ(v'). With ``queue``, the
+  sum also runs over its filled slots: + Σ_k exp(φ(v_i)·q_k/α)."""
   same = anchors @ same_view.T / temperature
   # The anchor's own ψ of the same view is not a negative.
   own = positions[:, None] == jnp.arange(same_view.shape[0])[None, :]
   same = jnp.where(own, -jnp.inf, same)
   other = anchors @ other_view.T / temperature
-  return jax.nn.logsumexp(jnp.concatenate([same, other], axis=1), axis=1)
+  logits = [same, other]
+  if queue is not None:
+    past = anchors @ queue.T / temperature
+    logits.append(jnp.where(negatives_queue.filled(queue)[None, :], past, -jnp.inf))
+  return jax.nn.logsumexp(jnp.concatenate(logits, axis=1), axis=1)
 
 
 def infonce_term(
@@ -58,11 +66,12 @@ def infonce_term(
   target_proj_2: jax.Array,
   spec: losses.LossSpec,
   axis_name: str | None,
+  queue: jax.Array | None = None,
 ) -> jax.Array:
   """β 2α mean_i ln(denominator_i), summed over both directions when ``spec.symmetric``: what the
   unified objective adds to ``losses.byol_loss`` (a mean over this device's examples; the
   update's mean over devices makes it the global batch's). Each view's ψ is gathered once and
-  serves both directions."""
+  serves both directions; ``queue`` (unit past ψ, zero rows empty) adds negatives to both."""
   if spec.stop_gradient:
     target_proj_1, target_proj_2 = jax.lax.stop_gradient((target_proj_1, target_proj_2))
   alpha = spec.infonce_temperature
@@ -70,7 +79,7 @@ def infonce_term(
   n = online_pred_1.shape[0]
   start = 0 if axis_name is None else jax.lax.axis_index(axis_name) * n
   positions = start + jnp.arange(n)
-  term = jnp.mean(log_denominators(_unit(online_pred_1), psi_1, psi_2, positions, alpha))
+  term = jnp.mean(log_denominators(_unit(online_pred_1), psi_1, psi_2, positions, alpha, queue))
   if spec.symmetric:
-    term += jnp.mean(log_denominators(_unit(online_pred_2), psi_2, psi_1, positions, alpha))
+    term += jnp.mean(log_denominators(_unit(online_pred_2), psi_2, psi_1, positions, alpha, queue))
   return spec.infonce_weight * 2.0 * alpha * term

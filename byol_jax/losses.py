@@ -29,6 +29,8 @@ class LossSpec:
   # β and α of the BYOL paper's unified objective (Section 5, Eq. 6): β = 0 is BYOL's loss.
   infonce_weight: float = 0.0
   infonce_temperature: float = 0.1
+  # Past target projections kept as further negatives (``byol_jax/negatives_queue.py``; 0: none).
+  infonce_queue: int = 0
 
 
 def l2_normalize(x: jax.Array, axis: int = -1, epsilon: float = 1e-12) -> jax.Array:

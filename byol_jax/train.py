@@ -159,7 +159,10 @@ def initial_state(config: ml_collections.ConfigDict, optimizer) -> byol.TrainSta
   dummy = jnp.zeros((2, size, size, 3), jnp.float32)
   separate_target = not config_base.shares_target(config.optim)
   init = jax.jit(
-    lambda key: byol.init_state(network, optimizer, key, dummy, separate_target), backend="cpu"
+    lambda key: byol.init_state(
+      network, optimizer, key, dummy, separate_target, config.loss.infonce_queue
+    ),
+    backend="cpu",
   )
   return jax.device_get(init(jax.random.PRNGKey(config.seed)))
 
@@ -180,6 +183,12 @@ def restore_or_init(
         f"{'none' if config_base.shares_target(saved.get('optim', {})) else 'kept'} vs config "
         f"{'none' if config_base.shares_target(config.optim) else 'kept'} "
         "(optim.tau_schedule='constant' with optim.tau_base=0 keeps none)"
+      )
+    saved_queue = saved.get("loss", {}).get("infonce_queue", 0)
+    if saved_queue != config.loss.infonce_queue:
+      mismatch.append(
+        f"queue of negatives: checkpoint {saved_queue} vs config {config.loss.infonce_queue} "
+        "(loss.infonce_queue)"
       )
     if mismatch:
       raise UserError(
