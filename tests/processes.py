@@ -15,6 +15,12 @@ import time
 from tiny import REPO
 
 TIMEOUT_S = 480
+# The test suite's compilation cache on disk, shared by every command-line subprocess: the tiny
+# runs of the suite compile the same programs, and a fresh process reads them back instead.
+CACHE_ENV = {
+  "JAX_COMPILATION_CACHE_DIR": os.path.join(REPO, ".jax_cache"),
+  "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0.5",
+}
 # gloo's own connection report ("[Gloo] Rank 0 is connected to 1 peer ranks. Expected number of
 # connected peer ranks is : 1"), which its C++ code prints to stdout in any process, piece by piece
 # from more than one thread, so a line may hold any interleaving of its pieces.
@@ -56,9 +62,7 @@ def env(num_devices: int) -> dict[str, str]:
     CUDA_VISIBLE_DEVICES="",
     TF_CPP_MIN_LOG_LEVEL="2",
     PYTHONUNBUFFERED="1",
-    # The test suite's compilation cache: a rerun skips most of the compiling.
-    JAX_COMPILATION_CACHE_DIR=os.path.join(REPO, ".jax_cache"),
-    JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0.5",
+    **CACHE_ENV,
   )
   return out
 
@@ -137,7 +141,12 @@ def wait_for_output(run: Run, text: str, timeout_s: float = TIMEOUT_S) -> None:
 
 def run_python(*args, cwd=REPO):
   """``python *args`` in one process with 8 fake CPU devices, to completion, output captured."""
-  env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=8", JAX_PLATFORMS="cpu")
+  env = dict(
+    os.environ,
+    XLA_FLAGS="--xla_force_host_platform_device_count=8",
+    JAX_PLATFORMS="cpu",
+    **CACHE_ENV,
+  )
   return subprocess.run(
     [sys.executable, *args],
     cwd=cwd,

@@ -100,7 +100,7 @@ def test_the_file_holds_the_folders_images_labels_and_hold_out(tmp_path):
   labels, class names and the folder's stratified hold-out."""
   folder = write_folder(tmp_path / "images", ext="png", per_class=5)
   write_folder(tmp_path / "images", ext="jpg", per_class=5, classes=2)
-  source = sources.folder_source(str(folder))
+  source = sources.folder_source(folder)
   out = tmp_path / "prepared"
   os.makedirs(out)
   prepared.prepare(source, str(out / "train.npz"))
@@ -117,7 +117,7 @@ def test_the_file_holds_the_folders_images_labels_and_hold_out(tmp_path):
   with np.load(out / "train.npz") as f:
     assert list(f["class_names"]) == ["class_0", "class_1", "class_2"]
   for subset in ("train", "holdout"):
-    want = sources.folder_source(str(folder), holdout=7, holdout_seed=3, subset=subset)
+    want = sources.folder_source(folder, holdout=7, holdout_seed=3, subset=subset)
     got = prepared.load(str(out), "train", holdout=7, holdout_seed=3, subset=subset)
     np.testing.assert_array_equal(got.labels, want.labels)
     index = [source.paths.index(p) for p in want.paths]
@@ -170,7 +170,7 @@ def test_in_memory_evaluation_views_match_tf_data(shape):
 def test_bad_prepared_data_is_one_clear_line(tmp_path):
   folder = write_folder(tmp_path / "images", per_class=2)
   config = config_base.get_base_config()
-  config.data.source, config.data.path = "folder", str(folder)
+  config.data.source, config.data.path = "folder", folder
   run_data.prepare(config, str(tmp_path / "out"))
   with pytest.raises(UserError, match="exists already: move it away"):
     run_data.prepare(config, str(tmp_path / "out"))
