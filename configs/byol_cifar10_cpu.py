@@ -14,7 +14,8 @@ representation per CPU second (every figure: BENCHMARKS.md, CIFAR-10 section):
   steps (below) raised linear top-1 on the hold-out from 57.18% to 61.11%; each alone gave +0.7
   point (seed 0), together +3.3. Nearby settings did no better (seed 0, against 61.50%): α =
   0.2 or 0.5, β = 0.5 or 2, τ_base 0.8 or 0.95, lr 2e-3, a second block in the 64-channel
-  stage (58.62-61.34%).
+  stage (58.62-61.34%); a queue of past targets as more negatives (``loss.infonce_queue`` 1024
+  or 4096) did worse (59.68%, 57.56%).
 * A small ResNet: the small-image stem's 3x3 convolution to 16 channels, then one basic block in
   each of three stride-2 stages of 32, 64 and 256 channels (the "tiny" encoder without its
   stride-1 stage, ``model.tiny_blocks = (0, 1, 1, 1)``, with a wider last stage,
