@@ -341,10 +341,8 @@ def target_ema(target_params: hk.Params, online_params: hk.Params, tau: jax.Arra
 
 def _pushed_keys(queue: jax.Array, keys: tuple[jax.Array, jax.Array], axis_name: str | None):
   """``queue`` after this step's targets: the global batch's unit ψ of view 1, then of view 2."""
-  if axis_name is not None:
-    keys = jax.lax.all_gather(keys, axis_name, tiled=True)
-  rows = jnp.concatenate([losses.l2_normalize(k.astype(jnp.float32)) for k in keys])
-  return negatives_queue.push(queue, rows)
+  rows = [contrastive.global_unit_targets(k, axis_name) for k in keys]
+  return negatives_queue.push(queue, jnp.concatenate(rows))
 
 
 def _unless_nonfinite(state: TrainState, new_state: TrainState, loss, grad_norm) -> TrainState:

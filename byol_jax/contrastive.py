@@ -35,6 +35,12 @@ def _gather(x: jax.Array, axis_name: str | None) -> jax.Array:
   return x if axis_name is None else jax.lax.all_gather(x, axis_name, tiled=True)
 
 
+def global_unit_targets(target_proj: jax.Array, axis_name: str | None) -> jax.Array:
+  """The unit ψ of one view over the whole global batch, in device order: the negatives of the
+  batch, and the keys a step adds to the queue (``negatives_queue``)."""
+  return _gather(_unit(target_proj), axis_name)
+
+
 def log_denominators(
   anchors: jax.Array,
   same_view: jax.Array,
@@ -75,7 +81,7 @@ def infonce_term(
   if spec.stop_gradient:
     target_proj_1, target_proj_2 = jax.lax.stop_gradient((target_proj_1, target_proj_2))
   alpha = spec.infonce_temperature
-  psi_1, psi_2 = (_gather(_unit(z), axis_name) for z in (target_proj_1, target_proj_2))
+  psi_1, psi_2 = (global_unit_targets(z, axis_name) for z in (target_proj_1, target_proj_2))
   n = online_pred_1.shape[0]
   start = 0 if axis_name is None else jax.lax.axis_index(axis_name) * n
   positions = start + jnp.arange(n)

@@ -9,7 +9,8 @@ BYOL's Eq. 6, whose negatives are the current global batch's only.
 
 Every device holds the same queue: each step pushes the whole global batch's ψ (gathered from
 every device of every host), so the copies stay equal as the parameters do. Rows of zeros are
-slots not filled yet: they are not negatives. The queue carries no gradient.
+slots not filled yet: they are not negatives. The queue carries no gradient: its keys are the
+step's targets, under stop-gradient.
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ def empty(size: int, dim: int) -> jax.Array:
 def push(queue: jax.Array, keys: jax.Array) -> jax.Array:
   """``queue`` with ``keys`` (unit rows) in front and its oldest rows dropped; when there are more
   keys than slots, the first ``size`` keys fill it."""
-  keys = jax.lax.stop_gradient(keys).astype(queue.dtype)
+  keys = keys.astype(queue.dtype)  # (the step's targets are already under stop-gradient)
   return jnp.concatenate([keys, queue], axis=0)[: queue.shape[0]]
 
 
